@@ -1,0 +1,1 @@
+"""The ``tuner`` command-line interface (import name ``tuner_cli``)."""

@@ -1,0 +1,153 @@
+"""FramePack's own options per command, and its dataset keys. Names and defaults follow the musubi guide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from tuner_core import ConfigError, option
+from tuner_core.options import at_least
+
+MODELS, VAE, SECTIONS = "models", "VAE memory", "sections"
+
+
+@attrs.frozen(kw_only=True)
+class VaeMemoryOptions:
+    """VAE memory knobs shared by every command that runs the VAE."""
+
+    vae_chunk_size: int | None = option(
+        None,
+        help="Frames per causal-conv chunk in the VAE (lower saves memory).",
+        group=VAE,
+        validator=at_least(1),
+    )
+    vae_tiling: bool = option(False, help="Encode/decode the VAE in spatial tiles (256 px).", group=VAE)
+    vae_spatial_tile_sample_min_size: int | None = option(
+        None, help="Tile size in pixels for VAE tiling (enables tiling).", group=VAE, validator=at_least(32)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class FramePackCacheLatentsOptions(VaeMemoryOptions):
+    """``tuner cache-latents --arch framepack``."""
+
+    vae: Path = option(
+        help="HunyuanVideo VAE: diffusers file, original pytorch_model.pt, or snapshot directory.",
+        group=MODELS,
+    )
+    image_encoder: Path = option(
+        help="SigLIP image encoder: Comfy file, flux_redux_bfl file, or directory.", group=MODELS
+    )
+    latent_window_size: int = option(
+        9,
+        help="Latent frames per section for datasets without fp_latent_window_size.",
+        group=SECTIONS,
+        validator=at_least(1),
+    )
+    f1: bool = option(False, help="Cache the forward (FramePack-F1) section layout.", group=SECTIONS)
+    one_frame: bool = option(
+        False, help="Cache one-frame training items (image datasets with controls).", group=SECTIONS
+    )
+    one_frame_no_2x: bool = option(False, help="One-frame: no 2x history context.", group=SECTIONS)
+    one_frame_no_4x: bool = option(False, help="One-frame: no 4x history context.", group=SECTIONS)
+
+
+@attrs.frozen(kw_only=True)
+class FramePackCacheTextOptions:
+    """``tuner cache-text --arch framepack``."""
+
+    text_encoder1: Path = option(
+        help="LLaMA text encoder: Comfy file, first of 4 shards, or snapshot directory.", group=MODELS
+    )
+    text_encoder2: Path = option(
+        help="CLIP-L text encoder: Comfy file, diffusers file, or directory.", group=MODELS
+    )
+    tokenizer1: Path | None = option(
+        None, help="LLaMA tokenizer directory (default: found beside the weights).", group=MODELS
+    )
+    tokenizer2: Path | None = option(
+        None, help="CLIP tokenizer directory (default: found beside the weights).", group=MODELS
+    )
+    fp8_llm: bool = option(False, help="Run the LLaMA encoder with float8_e4m3fn weights.", group=MODELS)
+
+
+@attrs.frozen(kw_only=True)
+class FramePackTrainOptions(VaeMemoryOptions):
+    """``tuner train --arch framepack``. Encoders are needed only for sampling during training."""
+
+    dit: Path = option(
+        help="Packed DiT: first shard of a -0000N-of-0000M set, snapshot directory, or single file.",
+        group=MODELS,
+    )
+    vae: Path | None = option(None, help="VAE (for samples during training).", group=MODELS)
+    text_encoder1: Path | None = option(None, help="LLaMA text encoder (for samples).", group=MODELS)
+    text_encoder2: Path | None = option(None, help="CLIP-L text encoder (for samples).", group=MODELS)
+    image_encoder: Path | None = option(None, help="SigLIP image encoder (for samples).", group=MODELS)
+    tokenizer1: Path | None = option(None, help="LLaMA tokenizer directory.", group=MODELS)
+    tokenizer2: Path | None = option(None, help="CLIP tokenizer directory.", group=MODELS)
+    fp8_llm: bool = option(
+        False, help="Run the LLaMA encoder with float8_e4m3fn weights when sampling.", group=MODELS
+    )
+    latent_window_size: int = option(
+        9, help="Latent frames per section (must match the caches).", group=SECTIONS, validator=at_least(1)
+    )
+    bulk_decode: bool = option(False, help="Decode sample videos in one VAE call.", group=SECTIONS)
+    f1: bool = option(False, help="Sample with the forward (F1) layout.", group=SECTIONS)
+    one_frame: bool = option(False, help="Sample one-frame inference.", group=SECTIONS)
+
+
+@attrs.frozen(kw_only=True)
+class FramePackGenerateOptions(VaeMemoryOptions):
+    """``tuner generate --arch framepack``."""
+
+    dit: Path | None = option(None, help="Packed DiT weights.", group=MODELS)
+    vae: Path | None = option(None, help="HunyuanVideo VAE.", group=MODELS)
+    text_encoder1: Path | None = option(None, help="LLaMA text encoder.", group=MODELS)
+    text_encoder2: Path | None = option(None, help="CLIP-L text encoder.", group=MODELS)
+    image_encoder: Path | None = option(None, help="SigLIP image encoder.", group=MODELS)
+    tokenizer1: Path | None = option(None, help="LLaMA tokenizer directory.", group=MODELS)
+    tokenizer2: Path | None = option(None, help="CLIP tokenizer directory.", group=MODELS)
+    fp8_llm: bool = option(False, help="Run the LLaMA encoder with float8_e4m3fn weights.", group=MODELS)
+    image_path: Path | None = option(None, help="Start image (required to generate).", group=SECTIONS)
+    end_image_path: Path | None = option(None, help="End image (inverted layout only).", group=SECTIONS)
+    video_seconds: float = option(5.0, help="Video length in seconds.", group=SECTIONS, validator=at_least(0))
+    video_sections: int | None = option(
+        None, help="Number of sections (overrides --video_seconds).", group=SECTIONS, validator=at_least(1)
+    )
+    latent_window_size: int = option(
+        9, help="Latent frames per section.", group=SECTIONS, validator=at_least(1)
+    )
+    embedded_cfg_scale: float = option(10.0, help="Distilled guidance scale.", group=SECTIONS)
+    guidance_rescale: float = option(0.0, help="Rescale of classifier-free guidance.", group=SECTIONS)
+    flow_shift: float | None = option(
+        None, help="Sigma shift (default: resolution-dependent, at most 7).", group=SECTIONS
+    )
+    sample_solver: str = option("unipc", help="Sampler.", choices=("unipc",), group=SECTIONS)
+    f1: bool = option(False, help="Forward (FramePack-F1) section layout.", group=SECTIONS)
+    latent_paddings: str | None = option(None, help='Section paddings, e.g. "3,2,1,0".', group=SECTIONS)
+    custom_system_prompt: str | None = option(
+        None, help="System prompt of the LLaMA template.", group=SECTIONS
+    )
+    bulk_decode: bool = option(False, help="Decode all frames in one VAE call.", group=SECTIONS)
+
+    def __attrs_post_init__(self) -> None:
+        if self.latent_paddings is not None:
+            try:
+                [int(p) for p in self.latent_paddings.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"--latent_paddings must be comma-separated integers, got {self.latent_paddings!r}"
+                ) from None
+
+
+@attrs.frozen(kw_only=True)
+class FramePackDatasetOptions:
+    """Dataset TOML keys FramePack adds to ``[[datasets]]`` tables."""
+
+    fp_latent_window_size: int | None = option(
+        None, help="Latent frames per section (default: --latent_window_size, 9).", validator=at_least(1)
+    )
+    fp_1f_clean_indices: list[int] | None = option(None, help="One-frame: indices of the control latents.")
+    fp_1f_target_index: int | None = option(None, help="One-frame: index of the target latent.")
+    fp_1f_no_post: bool = option(False, help="One-frame: no zero post latent.")

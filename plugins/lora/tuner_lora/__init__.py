@@ -1,0 +1,1 @@
+"""LoRA and LyCORIS networks for tuner."""

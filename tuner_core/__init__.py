@@ -1,0 +1,61 @@
+"""tuner's architecture-neutral core: plugin system, configs, data, cache store and training engine.
+
+The names below are the public API that plugins and embedding programs use.
+"""
+
+from tuner_core.architecture import COMMANDS, Architecture, MediaRules, ModelLayout
+from tuner_core.cache.record import CacheRecord
+from tuner_core.config.cache_options import CacheLatentsOptions, CacheTextOptions
+from tuner_core.config.dataset import DatasetConfig, DatasetSettings, load_dataset_config
+from tuner_core.config.generate_options import GenerateOptions
+from tuner_core.config.train_options import TrainOptions
+from tuner_core.data.items import MediaItem, MediaSample
+from tuner_core.errors import (
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    NotAvailableError,
+    PluginError,
+    TunerError,
+)
+from tuner_core.hookspecs import hookimpl
+from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
+from tuner_core.network import Network, NetworkType
+from tuner_core.options import build_options, option
+from tuner_core.plugins import Plugins, make_plugin_manager
+from tuner_core.sampling.request import SampleRequest
+from tuner_core.training.run import TrainingRun
+
+__all__ = [
+    "COMMANDS",
+    "Architecture",
+    "CacheLatentsOptions",
+    "CacheRecord",
+    "CacheTextOptions",
+    "ConfigError",
+    "DataError",
+    "DatasetConfig",
+    "DatasetSettings",
+    "GenerateOptions",
+    "MediaItem",
+    "MediaRules",
+    "MediaSample",
+    "MemorySettings",
+    "MemoryStrategy",
+    "ModelLayout",
+    "ModelLoadError",
+    "Network",
+    "NetworkType",
+    "NotAvailableError",
+    "PluginError",
+    "Plugins",
+    "SampleRequest",
+    "TrainOptions",
+    "TrainingRun",
+    "TunerError",
+    "build_options",
+    "hookimpl",
+    "load_dataset_config",
+    "make_plugin_manager",
+    "option",
+]

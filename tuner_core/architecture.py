@@ -1,0 +1,198 @@
+"""What an architecture plugin tells the core: its options, media rules, model layout and model calls.
+
+An architecture is an object registered through
+:func:`~tuner_core.hookspecs.tuner_register_architectures`. The core never imports an architecture; it
+only calls the methods below. Subclass :class:`Architecture` and fill in the class attributes and the
+methods a command needs (``NotImplementedError`` from a method means "this architecture cannot do that").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tuner_core.cache.record import CacheRecord
+    from tuner_core.data.items import MediaItem, MediaSample
+    from tuner_core.sampling.request import SampleRequest
+
+#: The commands an architecture may support, as typed on the command line.
+COMMANDS = ("cache-latents", "cache-text", "train", "generate")
+
+
+@attrs.frozen
+class MediaRules:
+    """How the core turns source media into training clips for this architecture."""
+
+    #: Frame rate clips are resampled to when a dataset gives ``source_fps``.
+    fps: float = 30.0
+    #: Frame counts are rounded down to ``frame_multiple * n + 1`` (4n+1 for a causal VAE with stride 4).
+    frame_multiple: int = 1
+    #: Bucket widths and heights are multiples of this many pixels.
+    bucket_step: int = 16
+    #: Clips shorter than this many frames cannot be cached (reported and skipped).
+    min_frames: int = 1
+    #: Whether image datasets (``image_directory``) can be trained on.
+    supports_images: bool = True
+    #: Whether video datasets (``video_directory``) can be trained on.
+    supports_videos: bool = True
+
+
+@attrs.frozen
+class ModelLayout:
+    """Declarations that let core strategies and networks handle a model without knowing it.
+
+    Module paths are dotted attribute paths from the model root, as in ``model.named_modules()``.
+    """
+
+    #: Paths of the ``nn.ModuleList`` attributes holding the repeated transformer blocks, in call order.
+    #: Block swap, gradient checkpointing and compilation act per block of these lists.
+    block_lists: tuple[str, ...] = ()
+    #: Class names of the modules inside which networks (LoRA, LyCORIS) wrap Linear/Conv layers.
+    network_targets: tuple[str, ...] = ()
+    #: Regular expressions (full match on the module path) of layers a network never wraps.
+    network_exclude: tuple[str, ...] = ()
+    #: Regular expressions (searched in the parameter name) of weights that stay in high precision:
+    #: never cast to fp8 or quantised, whatever memory strategy is active.
+    keep_high_precision: tuple[str, ...] = ()
+    #: Prefix of saved network weight names (``lora_unet_<module_path_with_underscores>``).
+    network_prefix: str = "lora_unet"
+
+
+class Architecture:
+    """Base class of an architecture plugin. Class attributes describe it; methods do its work."""
+
+    #: The value of ``--arch`` that selects this architecture.
+    name: ClassVar[str]
+    #: Other values of ``--arch`` accepted for it.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: One line for ``tuner plugins``.
+    title: ClassVar[str] = ""
+    #: The architecture's own options per command: an attrs class built with
+    #: :func:`tuner_core.options.option` fields. Missing commands have no extra options.
+    options: ClassVar[Mapping[str, type]] = {}
+    #: Extra keys this architecture accepts in dataset TOML tables (an attrs class), or ``None``.
+    dataset_options: ClassVar[type | None] = None
+    #: Defaults this architecture gives to core options, per command (``{"train": {"learning_rate": 1e-4}}``).
+    option_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: How media become clips.
+    media: ClassVar[MediaRules] = MediaRules()
+    #: The layout of the trained model (the denoiser).
+    layout: ClassVar[ModelLayout] = ModelLayout()
+    #: Bumped whenever cache contents change meaning; part of every cache fingerprint.
+    cache_version: ClassVar[str] = "1"
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def components(self, command: str, options: Any) -> tuple[str, ...]:
+        """Names of the model components ``command`` needs (``"vae"``, ``"dit"``, ...), in load order."""
+        raise NotImplementedError
+
+    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
+        """Load one component named by :meth:`components` onto ``device``."""
+        raise NotImplementedError
+
+    def component_identity(self, component: str, options: Any) -> str:
+        """A string that changes when the weights or settings of ``component`` change (for cache fingerprints)."""
+        return f"{component}"
+
+    # -- caching -----------------------------------------------------------------------------------
+
+    def latent_cache_names(self, item: MediaItem) -> list[str]:
+        """File names (inside the item's cache directory) that caching ``item`` writes, in order."""
+        raise NotImplementedError
+
+    def is_latent_cache(self, file_name: str) -> bool:
+        """Whether a file in a cache directory is a latent cache of this architecture (for cleanup and training)."""
+        raise NotImplementedError
+
+    def encode_latents(
+        self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
+    ) -> list[list[CacheRecord]]:
+        """Encode decoded, bucket-resized media: for each sample, the records named by :meth:`latent_cache_names`."""
+        raise NotImplementedError
+
+    def text_cache_name(self, item: MediaItem) -> str:
+        """File name of the text-condition cache of ``item``."""
+        raise NotImplementedError
+
+    def is_text_cache(self, file_name: str) -> bool:
+        """Whether a file in a cache directory is a text cache of this architecture."""
+        raise NotImplementedError
+
+    def text_cache_for(self, latent_cache_name: str) -> str:
+        """File name of the text cache that belongs to a latent cache file."""
+        raise NotImplementedError
+
+    def encode_text(
+        self, captions: Sequence[str], models: Mapping[str, Any], options: Any
+    ) -> list[dict[str, torch.Tensor]]:
+        """Encode a batch of captions; one tensor mapping per caption."""
+        raise NotImplementedError
+
+    def text_cache_metadata(self, caption: str) -> dict[str, str]:
+        """Metadata written with a text cache file."""
+        return {}
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def batch_item(
+        self, latent_tensors: Mapping[str, torch.Tensor], text_tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Turn one latent cache and its text cache into the named tensors of one batch element.
+
+        The core stacks elements with equal shapes into batches. The clean latents must be under ``"latents"``.
+        """
+        raise NotImplementedError
+
+    def predict(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        options: Any,
+    ) -> torch.Tensor:
+        """Run the denoiser on one batch; return its prediction (a flow velocity, shaped like the latents).
+
+        :param timesteps: noise level of each element on the 0-1000 scale, shape ``(B,)``.
+        """
+        raise NotImplementedError
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` should output; flow matching's velocity ``noise - latents`` by default."""
+        return noise - latents
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters trained by full fine-tuning (no ``--network_module``); all of them by default."""
+        return [p for p in model.parameters()]
+
+    def network_metadata(self) -> dict[str, str]:
+        """Metadata written into saved network files (for example ``ss_base_model_version``)."""
+        return {}
+
+    # -- sampling ----------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        models: Mapping[str, Any],
+        request: SampleRequest,
+        options: Any,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Generate one video for ``request``: pixels in ``[0, 1]``, shape ``(C, F, H, W)``."""
+        raise NotImplementedError
+
+    def sample_components(self, options: Any) -> tuple[str, ...]:
+        """Components needed to sample during training, besides the trained model (loaded only when sampling)."""
+        return ()
+
+    def describe_output(self, path: Path) -> str:
+        """A short human description of a generated file (for the CLI's final message)."""
+        return str(path)

@@ -1,0 +1,1 @@
+"""Cache files: one safetensors file per item, written atomically and fingerprinted."""

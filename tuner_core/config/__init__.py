@@ -1,0 +1,1 @@
+"""Validated configuration: the core options of each command and the dataset TOML."""

@@ -1,0 +1,101 @@
+"""Core options of ``tuner generate``. Names and defaults follow the musubi-tuner FramePack guide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from tuner_core.errors import ConfigError
+from tuner_core.options import at_least, option
+
+PROMPT, MODEL, MEMORY, NETWORK, OUTPUT = "prompt", "model", "memory", "LoRA / LyCORIS", "output"
+OUTPUT_TYPES = ("video", "images", "latent", "both", "latent_images")
+ATTN_MODES = ("sdpa", "torch", "flash", "sageattn", "sage", "xformers")
+
+
+@attrs.frozen(kw_only=True)
+class GenerateOptions:
+    """Everything ``tuner generate`` needs besides the architecture's own options."""
+
+    prompt: str | None = option(None, help="Text prompt.", group=PROMPT)
+    negative_prompt: str = option("", help="Negative prompt (used when --guidance_scale > 1).", group=PROMPT)
+    seed: int | None = option(
+        None, help="Random seed (default: random, written to the output's metadata).", group=PROMPT
+    )
+    video_size: list[int] = option(
+        factory=lambda: [256, 256],
+        help="Video height and width in pixels.",
+        nargs=2,
+        metavar="PX",
+        group=PROMPT,
+    )
+    fps: int = option(30, help="Frames per second of the written video.", group=PROMPT, validator=at_least(1))
+    infer_steps: int = option(25, help="Sampling steps.", group=PROMPT, validator=at_least(1))
+    guidance_scale: float = option(
+        1.0, help="Classifier-free guidance scale (1.0 runs no negative pass).", group=PROMPT
+    )
+
+    attn_mode: str = option("torch", help="Attention backend.", choices=ATTN_MODES, group=MODEL)
+    split_attn: bool = option(False, help="Run attention one batch element at a time.", group=MODEL)
+    device: str | None = option(None, help="Device (default: cuda if available, else cpu).", group=MODEL)
+
+    fp8: bool = option(False, help="Keep block weights in float8_e4m3fn.", group=MEMORY)
+    fp8_scaled: bool = option(
+        False, help="Quantise block weights to fp8 with block-wise scales.", group=MEMORY
+    )
+    blocks_to_swap: int = option(
+        0,
+        help="Transformer blocks kept on the CPU and swapped in per step.",
+        group=MEMORY,
+        validator=at_least(0),
+    )
+    use_pinned_memory_for_block_swap: bool = option(
+        False, help="Stage swapped blocks through pinned host memory.", group=MEMORY
+    )
+
+    lora_weight: list[Path] = option(
+        factory=list, help="LoRA / LyCORIS files to merge.", nargs="*", group=NETWORK
+    )
+    lora_multiplier: list[float] = option(
+        factory=list, help="Multiplier per --lora_weight (default 1.0 each).", nargs="*", group=NETWORK
+    )
+    include_patterns: list[str] = option(
+        factory=list,
+        help="Per LoRA: regex of weight names to merge (others skipped).",
+        nargs="*",
+        group=NETWORK,
+    )
+    exclude_patterns: list[str] = option(
+        factory=list, help="Per LoRA: regex of weight names not to merge.", nargs="*", group=NETWORK
+    )
+    lycoris: bool = option(
+        False, help="Merge --lora_weight files through the lycoris-lora package.", group=NETWORK
+    )
+    save_merged_model: Path | None = option(
+        None, help="Save the model with LoRAs merged to this file and skip generation.", group=NETWORK
+    )
+
+    save_path: Path = option(help="Directory the outputs are written to.", group=OUTPUT)
+    output_type: str = option("video", help="What to write.", choices=OUTPUT_TYPES, group=OUTPUT)
+    no_metadata: bool = option(False, help="Do not write generation settings into outputs.", group=OUTPUT)
+    latent_path: list[Path] = option(
+        factory=list, help="Decode these saved latent files instead of generating.", nargs="*", group=OUTPUT
+    )
+
+    def __attrs_post_init__(self) -> None:
+        height, width = self.video_size
+        if height % 8 or width % 8 or height <= 0 or width <= 0:
+            raise ConfigError(
+                f"--video_size must be two positive multiples of 8 (height width), got {height} {width}"
+            )
+        if self.lora_multiplier and len(self.lora_multiplier) not in (1, len(self.lora_weight)):
+            raise ConfigError(
+                f"--lora_multiplier has {len(self.lora_multiplier)} values for {len(self.lora_weight)} --lora_weight files"
+            )
+        if self.fp8_scaled and self.fp8:
+            raise ConfigError(
+                "give --fp8 or --fp8_scaled, not both (--fp8_scaled already stores fp8 weights)"
+            )
+        if self.prompt is None and not self.latent_path and self.save_merged_model is None:
+            raise ConfigError("--prompt is required (unless --latent_path or --save_merged_model is given)")

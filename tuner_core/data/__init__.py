@@ -1,0 +1,1 @@
+"""Datasets: media discovery, captions, frame extraction, buckets and batches."""

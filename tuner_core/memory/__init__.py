@@ -1,0 +1,1 @@
+"""Memory strategies applied generically to any model through its declared layout."""

@@ -1,0 +1,56 @@
+"""The interface of a memory strategy (fp8, fp8-scaled, block swap, gradient checkpointing, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tuner_core.architecture import ModelLayout
+
+
+@attrs.frozen
+class MemorySettings:
+    """The memory options of one command, as the strategies read them."""
+
+    fp8_base: bool = False
+    fp8_scaled: bool = False
+    blocks_to_swap: int = 0
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_cpu_offload: bool = False
+    use_pinned_memory_for_block_swap: bool = False
+    #: True while training (backward passes happen), False for inference.
+    training: bool = False
+
+
+class MemoryStrategy:
+    """Base class of a registered memory strategy.
+
+    A strategy may act twice: on each tensor while a checkpoint streams in (:meth:`transform_tensor`,
+    before the model owns it, so a 13B model never sits in memory at full precision), and on the loaded
+    model (:meth:`apply`). Strategies run in ascending ``order``.
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    order: ClassVar[int] = 100
+
+    def enabled(self, settings: MemorySettings) -> bool:
+        """Whether these settings ask for this strategy."""
+        raise NotImplementedError
+
+    def transform_tensor(
+        self, key: str, tensor: torch.Tensor, layout: ModelLayout, settings: MemorySettings
+    ) -> Mapping[str, torch.Tensor]:
+        """Rewrite one loaded tensor; may return extra entries (for example a scale). Identity by default."""
+        return {key: tensor}
+
+    def apply(
+        self, model: nn.Module, layout: ModelLayout, settings: MemorySettings, device: torch.device
+    ) -> None:
+        """Change the loaded model in place (patch forwards, place blocks, register hooks)."""

@@ -1,0 +1,1 @@
+"""Sample generation during training and ``tuner generate``: requests, prompt files, video files."""

@@ -1,0 +1,1 @@
+"""The training engine: timesteps, loss, optimizers, schedulers, checkpoints and the loop."""
