@@ -274,12 +274,12 @@ def _dataset(
     for key in table:
         if key in core_names or key in extra_names:
             continue
-        kind = "video" if video else "image"
+        kind = "a video" if video else "an image"
         if key in other_names:
-            raise ConfigError(f"{source}: key {key!r} is not accepted in a {kind} dataset")
+            raise ConfigError(f"{source}: key {key!r} is not accepted in {kind} dataset")
         accepted = sorted(core_names | extra_names)
         raise ConfigError(
-            f"{source}: unknown key {key!r}; a {kind} dataset accepts "
+            f"{source}: unknown key {key!r}; {kind} dataset accepts "
             + ", ".join(accepted)
             + "."
             + did_you_mean(key, accepted)

@@ -1,0 +1,126 @@
+"""Per-call hooks answer through the architecture by default; another plugin may answer first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from tuner_core import Architecture, CacheRecord, SampleRequest, TrainingRun, hookimpl, make_plugin_manager
+
+
+class EchoArch(Architecture):
+    name: ClassVar[str] = "echo"
+
+    def load_component(self, component, options, device):
+        return ("arch", component, str(device))
+
+    def encode_latents(self, samples, models, options):
+        return [[CacheRecord(f"{s}.safetensors", {"x": torch.zeros(1)})] for s in samples]
+
+    def encode_text(self, captions, models, options):
+        return [{"len": torch.tensor(len(c))} for c in captions]
+
+    def sample(self, models, request, options, generator):
+        return torch.full((3, 1, 2, 2), 0.5)
+
+
+class Options:
+    weighting_scheme = "none"
+
+
+def manager(*extra):
+    class Register:
+        @hookimpl
+        def tuner_register_architectures(self, register):
+            register(EchoArch())
+
+    return make_plugin_manager(entry_points=False, plugins=[Register(), *extra])
+
+
+def test_hook_tuner_load_model_defaults_to_architecture_and_can_be_taken_over():
+    plugins = manager()
+    arch = plugins.architecture("echo")
+    assert plugins.load_model(arch, "vae", None, torch.device("cpu")) == ("arch", "vae", "cpu")
+
+    class GgufLoader:
+        @hookimpl
+        def tuner_load_model(self, component):
+            return "gguf" if component == "dit" else None
+
+    plugins = manager(GgufLoader())
+    arch = plugins.architecture("echo")
+    assert plugins.load_model(arch, "dit", None, torch.device("cpu")) == "gguf"
+    assert plugins.load_model(arch, "vae", None, torch.device("cpu"))[0] == "arch"
+
+
+def test_hook_tuner_encode_latents():
+    plugins = manager()
+    records = plugins.encode_latents(plugins.architecture("echo"), ["a", "b"], {}, None)
+    assert [r[0].name for r in records] == ["a.safetensors", "b.safetensors"]
+
+
+def test_hook_tuner_encode_text():
+    plugins = manager()
+    out = plugins.encode_text(plugins.architecture("echo"), ["abc", "de"], {}, None)
+    assert [int(o["len"]) for o in out] == [3, 2]
+
+
+def test_hook_tuner_compute_loss_default_and_override():
+    plugins = manager()
+    arch = plugins.architecture("echo")
+    pred, target = torch.ones(2, 3), torch.zeros(2, 3)
+    assert plugins.compute_loss(arch, pred, target, torch.full((2,), 0.5), {}, Options()).item() == 1.0
+
+    class L1:
+        @hookimpl
+        def tuner_compute_loss(self, prediction, target):
+            return (prediction - target).abs().sum()
+
+    plugins = manager(L1())
+    assert (
+        plugins.compute_loss(plugins.architecture("echo"), pred, target, torch.ones(2), {}, Options()).item()
+        == 6.0
+    )
+
+
+def test_hook_tuner_sample():
+    plugins = manager()
+    video = plugins.sample(
+        plugins.architecture("echo"), {}, SampleRequest(prompt="p"), None, torch.Generator()
+    )
+    assert video.shape == (3, 1, 2, 2)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def tuner_on_train_start(self, run):
+        self.calls.append(("start", run.global_step))
+
+    @hookimpl
+    def tuner_on_step_end(self, run, step, metrics):
+        self.calls.append(("step", step, metrics["loss"]))
+
+    @hookimpl
+    def tuner_on_save(self, path, kind):
+        self.calls.append(("save", path.name, kind))
+
+    @hookimpl
+    def tuner_on_sample(self, paths, step):
+        self.calls.append(("sample", len(paths), step))
+
+
+def test_hook_tuner_on_train_start_tuner_on_step_end_tuner_on_save_tuner_on_sample_broadcast():
+    first, second = Recorder(), Recorder()
+    plugins = make_plugin_manager(entry_points=False, plugins=[first, second])
+    run = TrainingRun(options=None, arch_options=None, architecture=None, output_dir=Path("."))
+    plugins.hook.tuner_on_train_start(run=run)
+    plugins.hook.tuner_on_step_end(run=run, step=1, metrics={"loss": 0.5})
+    plugins.hook.tuner_on_save(run=run, path=Path("w.safetensors"), kind="weights")
+    plugins.hook.tuner_on_sample(run=run, paths=[Path("a.mp4")], step=1)
+    expected = [("start", 0), ("step", 1, 0.5), ("save", "w.safetensors", "weights"), ("sample", 1, 1)]
+    assert first.calls == expected and second.calls == expected
