@@ -87,54 +87,60 @@ class Architecture:
     layout: ClassVar[ModelLayout] = ModelLayout()
     #: Bumped whenever cache contents change meaning; part of every cache fingerprint.
     cache_version: ClassVar[str] = "1"
+    #: The component ``tuner train`` trains (loaded with :meth:`load_component`).
+    trained_component: ClassVar[str] = "dit"
 
     # -- models ------------------------------------------------------------------------------------
 
     def components(self, command: str, options: Any) -> tuple[str, ...]:
         """Names of the model components ``command`` needs (``"vae"``, ``"dit"``, ...), in load order."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement components()")
 
     def load_component(self, component: str, options: Any, device: torch.device) -> Any:
         """Load one component named by :meth:`components` onto ``device``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement load_component()")
 
-    def component_identity(self, component: str, options: Any) -> str:
-        """A string that changes when the weights or settings of ``component`` change (for cache fingerprints)."""
-        return f"{component}"
+    def cache_identity(self, command: str, options: Any) -> str:
+        """A string that changes whenever ``command`` would write different caches for the same media.
+
+        It enters every cache fingerprint: include the encoder weights (path, size, mtime) and every option
+        that changes cache contents (window size, layout, ...).
+        """
+        return ""
 
     # -- caching -----------------------------------------------------------------------------------
 
     def latent_cache_names(self, item: MediaItem) -> list[str]:
         """File names (inside the item's cache directory) that caching ``item`` writes, in order."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement latent_cache_names()")
 
     def is_latent_cache(self, file_name: str) -> bool:
         """Whether a file in a cache directory is a latent cache of this architecture (for cleanup and training)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement is_latent_cache()")
 
     def encode_latents(
         self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
     ) -> list[list[CacheRecord]]:
         """Encode decoded, bucket-resized media: for each sample, the records named by :meth:`latent_cache_names`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement encode_latents()")
 
     def text_cache_name(self, item: MediaItem) -> str:
         """File name of the text-condition cache of ``item``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement text_cache_name()")
 
     def is_text_cache(self, file_name: str) -> bool:
         """Whether a file in a cache directory is a text cache of this architecture."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement is_text_cache()")
 
     def text_cache_for(self, latent_cache_name: str) -> str:
         """File name of the text cache that belongs to a latent cache file."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement text_cache_for()")
 
     def encode_text(
         self, captions: Sequence[str], models: Mapping[str, Any], options: Any
     ) -> list[dict[str, torch.Tensor]]:
         """Encode a batch of captions; one tensor mapping per caption."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement encode_text()")
 
     def text_cache_metadata(self, caption: str) -> dict[str, str]:
         """Metadata written with a text cache file."""
@@ -149,7 +155,15 @@ class Architecture:
 
         The core stacks elements with equal shapes into batches. The clean latents must be under ``"latents"``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement batch_item()")
+
+    def validate_cache(
+        self, path: Path, header: Mapping[str, tuple[str, tuple[int, ...]]], options: Any
+    ) -> None:
+        """Check that a latent cache fits the training options (raise ``ConfigError`` naming the file if not).
+
+        :param header: ``{tensor name: (dtype, shape)}`` of the cache file.
+        """
 
     def predict(
         self,
@@ -163,7 +177,7 @@ class Architecture:
 
         :param timesteps: noise level of each element on the 0-1000 scale, shape ``(B,)``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict()")
 
     def training_target(self, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What :meth:`predict` should output; flow matching's velocity ``noise - latents`` by default."""
@@ -187,7 +201,22 @@ class Architecture:
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Generate one video for ``request``: pixels in ``[0, 1]``, shape ``(C, F, H, W)``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def generation_request(self, options: Any) -> SampleRequest:
+        """The request ``tuner generate`` samples, from its validated options (override to add frames etc.)."""
+        from tuner_core.sampling.request import SampleRequest
+
+        height, width = options.video_size
+        return SampleRequest(
+            prompt=options.prompt or "",
+            negative_prompt=options.negative_prompt,
+            width=width,
+            height=height,
+            steps=options.infer_steps,
+            cfg_scale=options.guidance_scale,
+            seed=options.seed,
+        )
 
     def sample_components(self, options: Any) -> tuple[str, ...]:
         """Components needed to sample during training, besides the trained model (loaded only when sampling)."""

@@ -6,7 +6,7 @@ so an architecture plugin only writes methods; another plugin can still take ove
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuner_core.hookspecs import hookimpl
@@ -62,3 +62,11 @@ def tuner_sample(
 ) -> torch.Tensor:
     """Sample through the architecture."""
     return architecture.sample(models, request, options, generator)
+
+
+@hookimpl
+def tuner_register_memory_strategies(register: Callable[[object], None]) -> None:
+    """The core's own memory strategies."""
+    from tuner_core.memory.checkpointing import GradientCheckpointing
+
+    register(GradientCheckpointing())

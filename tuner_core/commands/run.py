@@ -3,57 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import attrs
-
 from tuner_core.architecture import Architecture
-from tuner_core.config.dataset import load_dataset_config
+from tuner_core.commands.cache_latents import cache_latents
+from tuner_core.commands.cache_text import cache_text
+from tuner_core.commands.generate import run_generate
+from tuner_core.commands.result import CommandResult
+from tuner_core.commands.train import run_train
 from tuner_core.errors import NotAvailableError
 from tuner_core.plugins import Plugins
-
-
-@attrs.frozen
-class CommandResult:
-    """What a command produced: files by kind, and counts worth reporting."""
-
-    command: str
-    outputs: dict[str, list[Path]] = attrs.field(factory=dict)
-    counts: dict[str, int] = attrs.field(factory=dict)
-
-    def summary(self) -> list[str]:
-        """Human-readable lines for the CLI's closing message."""
-        lines = (
-            [f"{self.command}: " + ", ".join(f"{k}: {v}" for k, v in self.counts.items())]
-            if self.counts
-            else []
-        )
-        for kind, paths in self.outputs.items():
-            lines += [f"{kind}: {p}" for p in paths]
-        return lines
-
 
 Runner = Callable[..., CommandResult]
 
 
-def _not_yet(piece: str) -> Runner:
-    def run(options: Any, _arch_options: Any, *, architecture: Architecture, **_kwargs: Any) -> CommandResult:
-        dataset_config = getattr(options, "dataset_config", None)
-        if dataset_config is not None:  # validate the dataset too, so the user can fix it now
-            load_dataset_config(dataset_config, architecture.dataset_options)
-        raise NotAvailableError(
-            f"{piece} is not implemented yet in this version of tuner; options were validated"
-        )
-
-    return run
-
-
 RUNNERS: dict[str, Runner] = {
-    "cache-latents": _not_yet("latent caching (the media reader and cache store)"),
-    "cache-text": _not_yet("text caching (the cache store)"),
-    "train": _not_yet("the training engine"),
-    "generate": _not_yet("video generation"),
+    "cache-latents": cache_latents,
+    "cache-text": cache_text,
+    "train": run_train,
+    "generate": run_generate,
 }
 
 
@@ -66,4 +34,7 @@ def run_command(
     plugins: Plugins,
 ) -> CommandResult:
     """Run ``command`` (``"train"``, ``"cache-latents"``, ...) with validated options."""
-    return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)
+    try:
+        return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)
+    except NotImplementedError as exc:  # a step the architecture plugin does not provide (yet)
+        raise NotAvailableError(f"tuner {command} --arch {architecture.name}: {exc}") from exc

@@ -1,0 +1,206 @@
+"""The toy architecture as tuner sees it: declarations plus the model-specific steps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from safetensors.torch import load_file
+
+from tuner_core import (
+    Architecture,
+    CacheRecord,
+    ConfigError,
+    MediaItem,
+    MediaRules,
+    MediaSample,
+    ModelLayout,
+    ModelLoadError,
+    SampleRequest,
+)
+from tuner_toy.models import SPATIAL, TEMPORAL, ToyAutoencoder, ToyDenoiser, ToyTextEncoder
+from tuner_toy.options import ToyCacheLatentsOptions, ToyCacheTextOptions, ToyGenerateOptions, ToyTrainOptions
+
+MODEL_CLASSES = {"vae": ToyAutoencoder, "text_encoder": ToyTextEncoder, "dit": ToyDenoiser}
+VIDEO_NAME = re.compile(
+    r"^(?P<stem>.+)_(?P<pos>\d{5})-(?P<count>\d{3})_(?P<w>\d{4})x(?P<h>\d{4})_toy\.safetensors$"
+)
+IMAGE_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4})x(?P<h>\d{4})_toy\.safetensors$")
+
+
+def _file_identity(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class ToyArchitecture(Architecture):
+    """A flow-matching text-to-video toy with a linear autoencoder."""
+
+    name: ClassVar[str] = "toy"
+    title: ClassVar[str] = "Toy flow-matching video model (tests and demo)"
+    options = {
+        "cache-latents": ToyCacheLatentsOptions,
+        "cache-text": ToyCacheTextOptions,
+        "train": ToyTrainOptions,
+        "generate": ToyGenerateOptions,
+    }
+    option_defaults = {"generate": {"infer_steps": 8, "video_size": [64, 64], "fps": 16}}
+    media = MediaRules(fps=16.0, frame_multiple=TEMPORAL, bucket_step=16, min_frames=5)
+    layout = ModelLayout(
+        block_lists=("blocks",),
+        network_targets=("ToyBlock",),
+        network_exclude=(r".*norm.*",),
+        keep_high_precision=(
+            r"^x_embedder\.",
+            r"^time_",
+            r"^text_in\.",
+            r"^pooled_in\.",
+            r"norm",
+            r"^proj_out\.",
+        ),
+    )
+    cache_version = "1"
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def components(self, command: str, options: Any) -> tuple[str, ...]:
+        return {
+            "cache-latents": ("vae",),
+            "cache-text": ("text_encoder",),
+            "train": ("dit",),
+            "generate": ("dit", "vae", "text_encoder"),
+        }[command]
+
+    def sample_components(self, options: Any) -> tuple[str, ...]:
+        if options.vae is None or options.text_encoder is None:
+            raise ConfigError("sampling during training with --arch toy needs --vae and --text_encoder")
+        return ("vae", "text_encoder")
+
+    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
+        path = getattr(options, component)
+        if path is None or not Path(path).is_file():
+            raise ModelLoadError(f"--{component}: {path} does not exist")
+        model = MODEL_CLASSES[component]()
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"--{component} {path} does not hold toy {component} weights: {exc}"
+            ) from exc
+        return model.to(device).eval()
+
+    def cache_identity(self, command: str, options: Any) -> str:
+        component = "vae" if command == "cache-latents" else "text_encoder"
+        return _file_identity(getattr(options, component))
+
+    # -- caching -----------------------------------------------------------------------------------
+
+    def latent_cache_names(self, item: MediaItem) -> list[str]:
+        w, h = item.original_size
+        if item.is_video:
+            return [
+                f"{item.stem}_{item.frame_position:05d}-{item.frame_count:03d}_{w:04d}x{h:04d}_toy.safetensors"
+            ]
+        return [f"{item.stem}_{w:04d}x{h:04d}_toy.safetensors"]
+
+    def is_latent_cache(self, file_name: str) -> bool:
+        return file_name.endswith("_toy.safetensors")
+
+    def text_cache_name(self, item: MediaItem) -> str:
+        return f"{item.stem}_toy_te.safetensors"
+
+    def is_text_cache(self, file_name: str) -> bool:
+        return file_name.endswith("_toy_te.safetensors")
+
+    def text_cache_for(self, latent_cache_name: str) -> str:
+        match = VIDEO_NAME.match(latent_cache_name) or IMAGE_NAME.match(latent_cache_name)
+        if match is None:
+            raise ConfigError(f"{latent_cache_name} is not a toy latent cache name")
+        return f"{match['stem']}_toy_te.safetensors"
+
+    def encode_latents(
+        self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
+    ) -> list[list[CacheRecord]]:
+        vae: ToyAutoencoder = models["vae"]
+        out = []
+        for sample in samples:
+            pixels = torch.from_numpy(sample.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            latents = vae.encode(pixels)
+            (name,) = self.latent_cache_names(sample.item)
+            w, h = sample.item.original_size
+            out.append(
+                [
+                    CacheRecord(
+                        name, {"latents": latents}, {"architecture": "toy", "width": str(w), "height": str(h)}
+                    )
+                ]
+            )
+        return out
+
+    def encode_text(
+        self, captions: Sequence[str], models: Mapping[str, Any], options: Any
+    ) -> list[dict[str, torch.Tensor]]:
+        return [models["text_encoder"](caption) for caption in captions]
+
+    def text_cache_metadata(self, caption: str) -> dict[str, str]:
+        return {"architecture": "toy", "caption1": caption}
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def batch_item(
+        self, latent_tensors: Mapping[str, torch.Tensor], text_tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "latents": latent_tensors["latents"],
+            "text": text_tensors["text"],
+            "text_mask": text_tensors["text_mask"],
+            "pooled": text_tensors["pooled"],
+        }
+
+    def predict(
+        self,
+        model: torch.nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        options: Any,
+    ) -> torch.Tensor:
+        return model(noisy_latents, timesteps, batch["text"], batch["text_mask"], batch["pooled"])
+
+    def network_metadata(self) -> dict[str, str]:
+        return {"ss_base_model_version": "toy", "modelspec.architecture": "toy/lora"}
+
+    # -- sampling ----------------------------------------------------------------------------------
+
+    def generation_request(self, options: Any) -> SampleRequest:
+        return attrs.evolve(super().generation_request(options), frames=options.video_frames)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        models: Mapping[str, Any],
+        request: SampleRequest,
+        options: Any,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        dit: ToyDenoiser = models["dit"]
+        device = next(dit.parameters()).device
+        text = {k: v[None].to(device) for k, v in models["text_encoder"](request.prompt).items()}
+        frames = max(request.frames, 1)
+        shape = (1, 8, (frames - 1) // TEMPORAL + 1, request.height // SPATIAL, request.width // SPATIAL)
+        x = torch.randn(shape, generator=generator).to(device)
+        shift = 3.0
+        sigmas = torch.linspace(1.0, 0.0, request.steps + 1)
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            t = torch.full((1,), float(sigma) * 1000, device=device)
+            velocity = dit(x, t, text["text"], text["text_mask"], text["pooled"])
+            x = x + (float(sigma_next) - float(sigma)) * velocity
+        video = models["vae"].decode(x[0].float().cpu())  # (F, 3, H, W) in [-1, 1]
+        return ((video + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)

@@ -1,0 +1,92 @@
+"""``tuner cache-text``: encode every dataset item's caption with the architecture's text encoders."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tuner_core.architecture import Architecture
+from tuner_core.cache.record import CacheRecord
+from tuner_core.cache.store import (
+    CacheStatus,
+    fingerprint,
+    remove_orphans,
+    remove_temp_files,
+    status,
+    write_record,
+)
+from tuner_core.commands.cache_latents import REUSABLE, resolve_device
+from tuner_core.commands.result import CommandResult
+from tuner_core.config.dataset import load_dataset_config
+from tuner_core.data.discovery import discover_items
+from tuner_core.options import CommandOptions
+from tuner_core.plugins import Plugins
+
+log = logging.getLogger(__name__)
+
+
+def cache_text(
+    options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
+) -> CommandResult:
+    """Encode the caption of every item of ``options.dataset_config`` into text caches; returns counts."""
+    combined = CommandOptions(options, arch_options)
+    config = load_dataset_config(options.dataset_config, architecture.dataset_options)
+    device = resolve_device(options.device)
+    identity = architecture.cache_identity("cache-text", combined)
+    counts = {"encoded": 0, "up to date": 0, "skipped": 0, "removed": 0}
+
+    plans = []
+    for ds in config.datasets:
+        found = discover_items(ds, architecture.media)
+        counts["skipped"] += len(found.skipped)
+        remove_temp_files(ds.cache_directory)
+        captions: dict[str, str] = {}  # one text cache per source: the clips of a video share it
+        for item in found.items:
+            captions.setdefault(architecture.text_cache_name(item), item.caption)
+        todo = []
+        for name, caption in captions.items():
+            fp = fingerprint(
+                {
+                    "caption": caption,
+                    "architecture": architecture.name,
+                    "cache_version": architecture.cache_version,
+                    "encoder": identity,
+                }
+            )
+            state = status(ds.cache_directory / name, fp)
+            if options.skip_existing and state in REUSABLE:
+                counts["up to date"] += 1
+                continue
+            if state is CacheStatus.STALE:
+                log.info("re-encoding the caption of %s: its cache is stale", name)
+            todo.append((name, caption, fp))
+        plans.append((ds, todo, set(captions)))
+
+    total = sum(len(todo) for _, todo, _ in plans)
+    if total:
+        models = {
+            c: plugins.load_model(architecture, c, combined, device)
+            for c in architecture.components("cache-text", combined)
+        }
+        with tqdm(total=total, desc="captions", file=sys.stderr, dynamic_ncols=True) as bar:
+            for ds, todo, _ in plans:
+                size = options.batch_size or ds.keys.batch_size
+                for start in range(0, len(todo), size):
+                    chunk = todo[start : start + size]
+                    with torch.no_grad():
+                        encoded = plugins.encode_text(
+                            architecture, [c for _, c, _ in chunk], models, combined
+                        )
+                    for (name, caption, fp), tensors in zip(chunk, encoded):
+                        record = CacheRecord(name, tensors, architecture.text_cache_metadata(caption))
+                        write_record(ds.cache_directory, record, fp)
+                        counts["encoded"] += 1
+                    bar.update(len(chunk))
+    if not options.keep_cache:
+        for ds, _, expected in plans:
+            counts["removed"] += len(remove_orphans(ds.cache_directory, expected, architecture.is_text_cache))
+    return CommandResult("cache-text", counts=counts)

@@ -1,0 +1,27 @@
+"""What a command returns to its caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class CommandResult:
+    """What a command produced: files by kind, and counts worth reporting."""
+
+    command: str
+    outputs: dict[str, list[Path]] = attrs.field(factory=dict)
+    counts: dict[str, int] = attrs.field(factory=dict)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines for the CLI's closing message."""
+        lines = (
+            [f"{self.command}: " + ", ".join(f"{k}: {v}" for k, v in self.counts.items())]
+            if self.counts
+            else []
+        )
+        for kind, paths in self.outputs.items():
+            lines += [f"{kind}: {p}" for p in paths]
+        return lines

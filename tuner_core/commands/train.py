@@ -1,0 +1,30 @@
+"""``tuner train`` as a library call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner_core.architecture import Architecture
+from tuner_core.commands.result import CommandResult
+from tuner_core.options import CommandOptions
+from tuner_core.plugins import Plugins
+
+
+def run_train(
+    options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
+) -> CommandResult:
+    """Train and report the written weights, state, loss plot and samples."""
+    from tuner_core.training.trainer import train
+
+    result = train(CommandOptions(options, arch_options), architecture=architecture, plugins=plugins)
+    outputs = {
+        "weights": [p for p in (result.weights,) if p is not None],
+        "state": [p for p in (result.state,) if p is not None],
+        "loss plot": [p for p in (result.loss_plot,) if p is not None],
+        "samples": list(result.samples),
+    }
+    return CommandResult(
+        "train",
+        {k: v for k, v in outputs.items() if v},
+        {"steps": result.global_step, "epochs": result.epochs},
+    )

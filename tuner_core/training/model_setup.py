@@ -1,0 +1,163 @@
+"""Prepare what a run trains: load the denoiser, apply memory strategies, attach a network or unfreeze it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tuner_core.architecture import Architecture
+from tuner_core.errors import ConfigError, NotAvailableError
+from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.memory.strategy import MemorySettings
+from tuner_core.network import Network, NetworkType
+from tuner_core.plugins import Plugins
+from tuner_core.training.optimizers import parse_optimizer_args
+
+log = logging.getLogger(__name__)
+
+
+class DenoiserStep(nn.Module):
+    """The module accelerate prepares: the denoiser plus its network, called once per batch.
+
+    Wrapping both in one module lets DDP/FSDP see the network's parameters (which live outside the
+    denoiser's module tree) and keeps the architecture's ``predict`` as the only model-specific call.
+    """
+
+    def __init__(
+        self, architecture: Architecture, model: nn.Module, network: nn.Module | None, options: Any
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.network = network
+        self._architecture = architecture
+        self._options = options
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], noisy_latents: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The architecture's prediction for one batch."""
+        return self._architecture.predict(self.model, batch, noisy_latents, timesteps, self._options)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a weights file holds: the network's adapter weights, or the whole denoiser when fine-tuning."""
+        if self.network is not None:
+            return self.network.adapter_state_dict()  # type: ignore[operator]
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` returned."""
+        if self.network is not None:
+            self.network.load_adapter_state_dict(state)  # type: ignore[operator]
+        else:
+            self.model.load_state_dict(dict(state))
+
+
+@attrs.frozen
+class PreparedModel:
+    """The result of :func:`prepare_model`."""
+
+    step: DenoiserStep
+    param_groups: list[dict[str, Any]]
+    network_type: NetworkType | None
+    network_args: dict[str, Any]
+    network_dim: int | None
+    memory_strategies: list[str]
+
+
+def memory_settings(options: Any, *, training: bool) -> MemorySettings:
+    """The memory options of a command as strategies read them."""
+    return MemorySettings(
+        fp8_base=getattr(options, "fp8_base", False) or getattr(options, "fp8", False),
+        fp8_scaled=getattr(options, "fp8_scaled", False),
+        blocks_to_swap=getattr(options, "blocks_to_swap", 0) or 0,
+        gradient_checkpointing=getattr(options, "gradient_checkpointing", False),
+        gradient_checkpointing_cpu_offload=getattr(options, "gradient_checkpointing_cpu_offload", False),
+        use_pinned_memory_for_block_swap=getattr(options, "use_pinned_memory_for_block_swap", False),
+        training=training,
+    )
+
+
+def _check_supported(settings: MemorySettings, plugins: Plugins) -> None:
+    asked = {
+        "--fp8_base": settings.fp8_base,
+        "--fp8_scaled": settings.fp8_scaled,
+        "--blocks_to_swap": settings.blocks_to_swap > 0,
+    }
+    strategies = plugins.memory_strategies()
+    for flag, wanted in asked.items():
+        if wanted and not any(s.enabled(MemorySettings(**_only(flag, settings))) for s in strategies):
+            raise NotAvailableError(
+                f"{flag}: no memory strategy for it is installed in this version of tuner"
+            )
+
+
+def _only(flag: str, settings: MemorySettings) -> dict[str, Any]:
+    keep = {"--fp8_base": "fp8_base", "--fp8_scaled": "fp8_scaled", "--blocks_to_swap": "blocks_to_swap"}[
+        flag
+    ]
+    values = {"training": settings.training, keep: getattr(settings, keep)}
+    if keep == "fp8_scaled":
+        values["fp8_base"] = True
+    return values
+
+
+def _dim_from_weights(weights: Mapping[str, torch.Tensor]) -> int:
+    for key, tensor in weights.items():
+        if key.endswith("lora_down.weight"):
+            return int(tensor.shape[0])
+    raise ConfigError(
+        "--dim_from_weights: --network_weights holds no lora_down weights to read the rank from"
+    )
+
+
+def prepare_model(
+    options: Any, architecture: Architecture, plugins: Plugins, device: torch.device
+) -> PreparedModel:
+    """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
+    core = options.core
+    settings = memory_settings(core, training=True)
+    _check_supported(settings, plugins)
+    model: nn.Module = plugins.load_model(architecture, architecture.trained_component, options, device)
+    applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
+    model.train()
+
+    if core.network_module is None:
+        params = architecture.trainable_parameters(model)
+        wanted = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+        step = DenoiserStep(architecture, model, None, options)
+        return PreparedModel(step, [{"params": params, "lr": core.learning_rate}], None, {}, None, applied)
+
+    network_type = plugins.network(core.network_module)
+    args = parse_optimizer_args(core.network_args) if core.network_args else {}
+    initial = None
+    if core.network_weights is not None:
+        if not core.network_weights.is_file():
+            raise ConfigError(f"--network_weights {core.network_weights} does not exist")
+        initial = load_file(str(core.network_weights))
+    dim = core.network_dim or 4
+    if core.dim_from_weights:
+        if initial is None:
+            raise ConfigError("--dim_from_weights needs --network_weights")
+        dim = _dim_from_weights(initial)
+    model.requires_grad_(False)
+    network: Network = network_type.create(
+        model, architecture.layout, dim=dim, alpha=core.network_alpha, dropout=core.network_dropout, args=args
+    )
+    if initial is not None:
+        network.load_adapter_state_dict(initial)
+        log.info("network weights loaded from %s", core.network_weights)
+    network.apply_to(model)
+    network.set_gradient_checkpointing(settings.gradient_checkpointing)
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"network type {network_type.name!r} did not return a torch module")
+    network.to(device)
+    step = DenoiserStep(architecture, model, network, options)
+    return PreparedModel(step, network.parameter_groups(core.learning_rate), network_type, args, dim, applied)

@@ -1,0 +1,130 @@
+"""Sample videos during training (``--sample_prompts``, ``--sample_every_n_steps/epochs``, ``--sample_at_first``).
+
+Samples are generated on the main process through the ``tuner_sample`` hook with the model being trained.
+The other components (VAE, text encoders) are loaded for each round and freed afterwards, and the global
+random state is restored, so sampling never changes what training does next.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from tuner_core.architecture import Architecture
+from tuner_core.plugins import Plugins
+from tuner_core.sampling.prompts import read_prompt_file
+from tuner_core.sampling.request import SampleRequest
+from tuner_core.sampling.video_writer import to_uint8_frames, write_image, write_video
+from tuner_core.training.model_setup import PreparedModel
+from tuner_core.training.run import TrainingRun
+
+log = logging.getLogger(__name__)
+
+
+class TrainingSampler:
+    """Decides when to sample, generates, and writes the files under ``output_dir/sample``."""
+
+    def __init__(
+        self,
+        options: Any,
+        architecture: Architecture,
+        plugins: Plugins,
+        accelerator: Accelerator,
+        prepared: PreparedModel,
+        requests: list[SampleRequest],
+    ) -> None:
+        self.options = options
+        self.architecture = architecture
+        self.plugins = plugins
+        self.accelerator = accelerator
+        self.prepared = prepared
+        self.requests = requests
+        self.written: list[Path] = []
+
+    @classmethod
+    def create(
+        cls,
+        options: Any,
+        architecture: Architecture,
+        plugins: Plugins,
+        accelerator: Accelerator,
+        prepared: PreparedModel,
+    ) -> TrainingSampler:
+        """Read the prompt file and check up front that the architecture can sample with these options."""
+        core = options.core
+        requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
+        if requests:
+            architecture.sample_components(options)  # raises a clear error for missing encoder options
+        elif core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first:
+            log.warning("sampling was asked for but --sample_prompts is not given; no samples will be made")
+        return cls(options, architecture, plugins, accelerator, prepared, requests)
+
+    def _due(self, *, step: int, epoch: int | None, force: bool, final: bool) -> bool:
+        core = self.options.core
+        if not self.requests:
+            return False
+        if force:
+            return True
+        if final:
+            return bool(core.sample_every_n_steps or core.sample_every_n_epochs)
+        if epoch is not None:
+            return bool(core.sample_every_n_epochs) and epoch % core.sample_every_n_epochs == 0
+        return bool(core.sample_every_n_steps) and step % core.sample_every_n_steps == 0
+
+    def maybe_sample(
+        self, run: TrainingRun, *, step: int, epoch: int | None, force: bool = False, final: bool = False
+    ) -> list[Path]:
+        """Generate the samples if this point is one of the configured ones; return the written files."""
+        if not self._due(step=step, epoch=epoch, force=force, final=final):
+            return []
+        paths: list[Path] = []
+        if self.accelerator.is_main_process:
+            paths = self._generate(run, step=step, epoch=epoch)
+            self.written += paths
+            self.plugins.hook.tuner_on_sample(run=run, paths=paths, step=step)
+        self.accelerator.wait_for_everyone()
+        return paths
+
+    def _generate(self, run: TrainingRun, *, step: int, epoch: int | None) -> list[Path]:
+        core = self.options.core
+        device = self.accelerator.device
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        model = self.prepared.step.model
+        was_training = model.training
+        model.eval()
+        models: dict[str, Any] = {self.architecture.trained_component: model}
+        try:
+            for name in self.architecture.sample_components(self.options):
+                models[name] = self.plugins.load_model(self.architecture, name, self.options, device)
+            stamp = time.strftime("%Y%m%d%H%M%S")
+            label = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
+            paths = []
+            for index, request in enumerate(self.requests):
+                seed = request.seed if request.seed is not None else (core.seed or 0) + index
+                generator = torch.Generator().manual_seed(seed)
+                with torch.no_grad(), self.accelerator.autocast():
+                    video = self.plugins.sample(self.architecture, models, request, self.options, generator)
+                frames = to_uint8_frames(video)
+                stem = f"{core.output_name}_{label}_{index:02d}_{stamp}_{seed}"
+                directory = core.output_dir / "sample"
+                if frames.shape[0] == 1:
+                    paths.append(write_image(directory / f"{stem}.png", frames[0]))
+                else:
+                    fps = getattr(self.options, "fps", None) or self.architecture.media.fps
+                    paths.append(write_video(directory / f"{stem}.mp4", frames, fps))
+                log.info("sample %s", paths[-1])
+            return paths
+        finally:
+            del models
+            gc.collect()
+            model.train(was_training)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)

@@ -1,0 +1,436 @@
+"""``tuner train``: the training loop on accelerate, readable top to bottom.
+
+One optimizer step = ``gradient_accumulation_steps`` batches. Noise and timesteps of every batch come from
+a generator seeded with (seed, process, batch number), and the batch order of every epoch from (seed,
+epoch), so a run resumed from a state directory continues exactly where the saved one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from torch.utils.data import DataLoader
+
+from tuner_core.architecture import Architecture
+from tuner_core.config.dataset import load_dataset_config
+from tuner_core.errors import ConfigError
+from tuner_core.plugins import Plugins
+from tuner_core.training import checkpoints
+from tuner_core.training.cached_data import (
+    CachedItemsDataset,
+    EpochBatchSampler,
+    batch_settings,
+    find_cached_items,
+    stack_batch,
+)
+from tuner_core.training.lr_schedulers import build_lr_scheduler
+from tuner_core.training.metadata import progress_metadata, training_metadata
+from tuner_core.training.model_setup import PreparedModel, prepare_model
+from tuner_core.training.optimizers import build_optimizer
+from tuner_core.training.progress import Progress
+from tuner_core.training.run import TrainingRun
+from tuner_core.training.sampling import TrainingSampler
+from tuner_core.training.timesteps import TimestepSampler
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+@attrs.define
+class Counters:
+    """Position of a run, saved in every state directory."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    losses: list[float] = attrs.field(factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@attrs.frozen
+class TrainResult:
+    """What a finished run produced."""
+
+    weights: Path | None
+    state: Path | None
+    loss_plot: Path | None
+    samples: list[Path]
+    global_step: int
+    epochs: int
+
+
+def _batch_generator(seed: int, rank: int, batch_number: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_033 + batch_number)
+
+
+def train(
+    options: Any,
+    *,
+    architecture: Architecture,
+    plugins: Plugins,
+    on_step: Callable[[TrainingRun], None] | None = None,
+) -> TrainResult:
+    """Train with validated ``options`` (a :class:`~tuner_core.options.CommandOptions`).
+
+    :param on_step: called after every optimizer step with the run's state (for embedding programs).
+    """
+    core = options.core
+    seed = core.seed if core.seed is not None else random.randint(0, 2**31 - 1)
+    accelerator = Accelerator(
+        mixed_precision=core.mixed_precision,
+        log_with="tensorboard" if core.logging_dir else None,
+        project_config=ProjectConfiguration(
+            project_dir=str(core.output_dir), logging_dir=str(core.logging_dir or "")
+        ),
+    )
+    log.info("seed: %d, processes: %d, device: %s", seed, accelerator.num_processes, accelerator.device)
+    torch.manual_seed(seed + accelerator.process_index)
+    random.seed(seed)
+
+    # -- data --------------------------------------------------------------------------------------------
+    config = load_dataset_config(core.dataset_config, architecture.dataset_options)
+    items = find_cached_items(config, architecture, options)
+    batch_sizes, repeats = batch_settings(config)
+    sampler = EpochBatchSampler(
+        items,
+        batch_sizes,
+        repeats,
+        seed=seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    workers = core.max_data_loader_n_workers
+    loader = DataLoader(
+        CachedItemsDataset(items, architecture),
+        batch_sampler=sampler,
+        collate_fn=stack_batch,
+        num_workers=workers,
+        persistent_workers=core.persistent_data_loader_workers and workers > 0,
+    )
+    accumulation = core.gradient_accumulation_steps
+    batches_per_epoch = sampler.batches_per_epoch()
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    total_steps = core.max_train_epochs * steps_per_epoch if core.max_train_epochs else core.max_train_steps
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    log.info(
+        "%d items, %d batches per epoch and process, %d steps over %d epochs",
+        len(items),
+        batches_per_epoch,
+        total_steps,
+        epochs,
+    )
+
+    # -- model, optimizer, schedule ----------------------------------------------------------------------
+    prepared = prepare_model(options, architecture, plugins, accelerator.device)
+    built = build_optimizer(
+        prepared.param_groups,
+        optimizer_type=core.optimizer_type,
+        learning_rate=core.learning_rate,
+        optimizer_args=core.optimizer_args,
+    )
+    scheduler = build_lr_scheduler(
+        built.optimizer,
+        lr_scheduler=core.lr_scheduler,
+        num_training_steps=total_steps,
+        lr_warmup_steps=core.lr_warmup_steps,
+        lr_decay_steps=core.lr_decay_steps,
+        lr_scheduler_num_cycles=core.lr_scheduler_num_cycles,
+        lr_scheduler_power=core.lr_scheduler_power,
+        lr_scheduler_min_lr_ratio=core.lr_scheduler_min_lr_ratio,
+        learning_rate=core.learning_rate,
+    )
+    step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer)
+    counters = Counters()
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(counters)
+    _register_state_hooks(accelerator, prepared)
+    if core.resume is not None:
+        if not core.resume.is_dir():
+            raise ConfigError(f"--resume {core.resume} is not a state directory")
+        accelerator.load_state(str(core.resume))
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            core.resume,
+            counters.global_step,
+            counters.epoch + 1,
+            counters.batches_in_epoch,
+        )
+
+    timesteps = TimestepSampler.from_options(core)
+    run = TrainingRun(
+        options=core,
+        arch_options=options.arch,
+        architecture=architecture,
+        output_dir=core.output_dir,
+        is_main_process=accelerator.is_main_process,
+        global_step=counters.global_step,
+        epoch=counters.epoch,
+        total_steps=total_steps,
+    )
+    metadata = training_metadata(
+        options,
+        architecture,
+        session_id=uuid.uuid4().hex,
+        started_at=time.time(),
+        num_train_items=len(items),
+        num_batches_per_epoch=batches_per_epoch,
+        num_epochs=epochs,
+        max_train_steps=total_steps,
+        optimizer_description=built.description,
+        network_metadata=(
+            prepared.network_type.metadata(
+                prepared.network_dim or 0, core.network_alpha, prepared.network_args
+            )
+            if prepared.network_type
+            else {}
+        ),
+        network_args=prepared.network_args,
+        datasets=[
+            {
+                "resolution": list(d.resolution),
+                "batch_size": d.keys.batch_size,
+                "num_repeats": d.keys.num_repeats,
+            }
+            for d in config.datasets
+        ],
+        model_name=str(getattr(options, architecture.trained_component, "") or ""),
+        title=core.output_name,
+    )
+    saver = _Saver(accelerator, prepared, core, metadata, plugins, run)
+    sampling = TrainingSampler.create(options, architecture, plugins, accelerator, prepared)
+    if core.logging_dir:
+        accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
+    plugins.hook.tuner_on_train_start(run=run)
+    progress = Progress(total_steps, enabled=accelerator.is_local_main_process, start=counters.global_step)
+
+    if core.sample_at_first and counters.global_step == 0:
+        sampling.maybe_sample(run, step=0, epoch=0, force=True)
+
+    step_module.train()
+    pending: list[float] = []
+    try:
+        while counters.global_step < total_steps and counters.epoch < epochs:
+            sampler.set_epoch(counters.epoch, start=counters.batches_in_epoch)
+            for batch in loader:
+                counters.batches_in_epoch += 1
+                last_of_epoch = counters.batches_in_epoch == batches_per_epoch
+                sync = counters.batches_in_epoch % accumulation == 0 or last_of_epoch
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                number = counters.epoch * batches_per_epoch + counters.batches_in_epoch
+                generator = _batch_generator(seed, accelerator.process_index, number)
+                with contextlib.nullcontext() if sync else accelerator.no_sync(step_module):
+                    loss = _loss(
+                        step_module, batch, timesteps, generator, architecture, plugins, options, accelerator
+                    )
+                    accelerator.backward(loss / accumulation)
+                pending.append(loss.detach().float().item())
+                if not sync:
+                    continue
+                if core.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(step_module.parameters(), core.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                counters.global_step += 1
+                step_loss = sum(pending) / len(pending)
+                pending.clear()
+                counters.losses.append(step_loss)
+                run.global_step, run.epoch, run.step_in_epoch = (
+                    counters.global_step,
+                    counters.epoch,
+                    counters.batches_in_epoch,
+                )
+                metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "epoch": counters.epoch + 1}
+                run.last_metrics = metrics
+                progress.update(metrics)
+                if core.logging_dir:
+                    accelerator.log(
+                        {"loss/current": step_loss, "lr/unet": metrics["lr"]}, step=counters.global_step
+                    )
+                plugins.hook.tuner_on_step_end(run=run, step=counters.global_step, metrics=metrics)
+                if on_step is not None:
+                    on_step(run)
+                if counters.global_step >= total_steps:
+                    break
+                if core.save_every_n_steps and counters.global_step % core.save_every_n_steps == 0:
+                    saver.save(step=counters.global_step, epoch=counters.epoch + 1, counters=counters)
+                sampling.maybe_sample(run, step=counters.global_step, epoch=None)
+            if counters.global_step >= total_steps:
+                break
+            counters.epoch += 1
+            counters.batches_in_epoch = 0
+            if (
+                core.save_every_n_epochs
+                and counters.epoch % core.save_every_n_epochs == 0
+                and counters.epoch < epochs
+            ):
+                saver.save(epoch=counters.epoch, counters=counters)
+            sampling.maybe_sample(run, step=counters.global_step, epoch=counters.epoch)
+    finally:
+        progress.close()
+
+    final = saver.save_final(counters=counters, epoch=min(counters.epoch + 1, epochs))
+    samples = sampling.maybe_sample(run, step=counters.global_step, epoch=None, final=True)
+    plot = None
+    if accelerator.is_main_process:
+        from tuner_core.training.loss_plot import write_loss_plot
+
+        plot = write_loss_plot(core.output_dir / f"{core.output_name}_loss.png", counters.losses)
+    accelerator.end_training()
+    return TrainResult(
+        final.weights, final.state, plot, sampling.written + samples, counters.global_step, epochs
+    )
+
+
+def _loss(
+    step_module: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    timesteps: TimestepSampler,
+    generator: torch.Generator,
+    architecture: Architecture,
+    plugins: Plugins,
+    options: Any,
+    accelerator: Accelerator,
+) -> torch.Tensor:
+    latents = batch["latents"].float()
+    noisy = timesteps.noisy_input(latents, generator=generator)
+    with accelerator.autocast():
+        prediction = step_module(batch, noisy.noisy_latents, noisy.timesteps)
+    target = architecture.training_target(latents, noisy.noise)
+    return plugins.compute_loss(architecture, prediction, target, noisy.sigmas, batch, options.core)
+
+
+def _register_state_hooks(accelerator: Accelerator, prepared: PreparedModel) -> None:
+    """State directories hold only the trainable weights, never the frozen base model."""
+    from safetensors.torch import load_file
+
+    from tuner_core.cache.store import atomic_write_safetensors
+
+    def save_hook(models: list[torch.nn.Module], weights: list[Any], output_dir: str) -> None:
+        if accelerator.is_main_process:
+            atomic_write_safetensors(
+                Path(output_dir) / TRAINABLE_FILE, prepared.step.trainable_state_dict(), {}
+            )
+        weights.clear()
+
+    def load_hook(models: list[torch.nn.Module], input_dir: str) -> None:
+        path = Path(input_dir) / TRAINABLE_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"--resume {input_dir} holds no {TRAINABLE_FILE}; is it a tuner state directory?"
+            )
+        prepared.step.load_trainable_state_dict(load_file(str(path)))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+@attrs.frozen
+class _Saved:
+    weights: Path | None
+    state: Path | None
+
+
+class _Saver:
+    """Writes weights and states at the configured points and prunes old ones."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        prepared: PreparedModel,
+        core: Any,
+        metadata: dict[str, str],
+        plugins: Plugins,
+        run: TrainingRun,
+    ) -> None:
+        self.accelerator = accelerator
+        self.prepared = prepared
+        self.core = core
+        self.metadata = metadata
+        self.plugins = plugins
+        self.run = run
+
+    def _weights(self, name: str, *, epoch: int, steps: int, finished: bool) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        path = self.core.output_dir / name
+        meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
+        tensors = self.prepared.step.trainable_state_dict()
+        if self.prepared.network_type is not None and not self.core.no_metadata:
+            from tuner_core.training.metadata import model_hashes
+
+            meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
+        checkpoints.save_weights(path, tensors, meta, self.core.save_precision)
+        self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")
+        log.info("saved %s", path)
+        return path
+
+    def _state(self, name: str) -> Path:
+        final = self.core.output_dir / name
+        temp = final.with_name(f".{final.name}.tmp")
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(temp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpoints.commit_directory(temp, final)
+            self.plugins.hook.tuner_on_save(run=self.run, path=final, kind="state")
+            log.info("saved state %s", final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def save(self, *, counters: Counters, epoch: int, step: int | None = None) -> None:
+        """An intermediate save: per step (``step`` given) or per epoch."""
+        core = self.core
+        by_step = step is not None
+        names = {"step": step} if by_step else {"epoch": epoch}
+        self._weights(
+            checkpoints.weights_name(core.output_name, **names),
+            epoch=epoch,
+            steps=counters.global_step,
+            finished=False,
+        )
+        if core.save_state:
+            self._state(checkpoints.state_name(core.output_name, **names))
+        if self.accelerator.is_main_process:
+            kind = "step" if by_step else "epoch"
+            keep = core.save_last_n_steps if by_step else core.save_last_n_epochs
+            keep_state = core.save_last_n_steps_state if by_step else core.save_last_n_epochs_state
+            if by_step and keep and core.save_every_n_steps:
+                keep = max(keep // core.save_every_n_steps, 1)
+            if by_step and keep_state and core.save_every_n_steps:
+                keep_state = max(keep_state // core.save_every_n_steps, 1)
+            checkpoints.prune(core.output_dir, core.output_name, kind=kind, keep=keep, state=False)
+            checkpoints.prune(
+                core.output_dir, core.output_name, kind=kind, keep=keep_state or keep, state=True
+            )
+
+    def save_final(self, *, counters: Counters, epoch: int) -> _Saved:
+        """The final weights (and state, with ``--save_state`` or ``--save_state_on_train_end``)."""
+        core = self.core
+        weights = self._weights(
+            checkpoints.weights_name(core.output_name), epoch=epoch, steps=counters.global_step, finished=True
+        )
+        state = None
+        if core.save_state or core.save_state_on_train_end:
+            state = self._state(checkpoints.state_name(core.output_name))
+        return _Saved(weights, state)
