@@ -1,13 +1,37 @@
-"""``tuner demo``: the end-to-end path on a generated sample dataset."""
+"""``tuner demo``: cache, train and generate end to end on a generated sample dataset."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from tuner_core.errors import NotAvailableError
+from tuner_cli import parser as options_parser
+from tuner_core.architecture import COMMANDS
+from tuner_core.commands import COMMAND_OPTIONS
+from tuner_core.commands.run import run_command
 from tuner_core.plugins import Plugins
 
 
-def run_demo(plugins: Plugins, output_dir: Path | None) -> int:
-    """Run the demo; returns the exit code."""
-    raise NotAvailableError("the demo needs the training engine, which is not implemented yet")
+def run_demo(plugins: Plugins, output_dir: Path | None, arch_name: str = "toy") -> int:
+    """Run the four commands of the architecture's demo plan; print where everything went."""
+    architecture = plugins.architecture(arch_name)
+    directory = (output_dir or Path(tempfile.mkdtemp(prefix="tuner-demo-"))).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"tuner demo (--arch {architecture.name}) in {directory}")
+    plan = architecture.demo(directory)
+    outputs: dict[str, list[Path]] = {}
+    for command in COMMANDS:
+        print(f"\n== tuner {command}")
+        core, own = options_parser.build_command_options(
+            command, COMMAND_OPTIONS[command], architecture, dict(plan[command]), {}, None
+        )
+        result = run_command(command, core, own, architecture=architecture, plugins=plugins)
+        for line in result.summary():
+            print(line)
+        for kind, paths in result.outputs.items():
+            outputs.setdefault(kind, []).extend(paths)
+    print("\nDone. What the demo produced:")
+    for kind in ("video", "weights", "loss plot", "samples"):
+        for path in outputs.get(kind, []):
+            print(f"  {kind:10s} {path}")
+    return 0

@@ -45,6 +45,7 @@ def _top_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--output_dir", type=Path, default=None, help="Where to put the demo (default: a temp dir)."
     )
+    demo.add_argument("--arch", default="toy", help="Architecture whose demo to run (default: toy).")
     for name, text in COMMAND_HELP.items():
         sub.add_parser(name, help=text + " Needs --arch.", add_help=False)
     return top
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = top.parse_args(argv)
             from tuner_cli.demo import run_demo
 
-            return run_demo(plugins, args.output_dir)
+            return run_demo(plugins, args.output_dir, args.arch)
         return run_architecture_command(command, rest, plugins)
     except TunerError as exc:
         print(f"tuner {command}: error: {exc}", file=sys.stderr)

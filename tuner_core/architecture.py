@@ -222,6 +222,11 @@ class Architecture:
         """Components needed to sample during training, besides the trained model (loaded only when sampling)."""
         return ()
 
-    def describe_output(self, path: Path) -> str:
-        """A short human description of a generated file (for the CLI's final message)."""
-        return str(path)
+    # -- demo --------------------------------------------------------------------------------------
+
+    def demo(self, directory: Path) -> Mapping[str, Mapping[str, Any]]:
+        """Create demo assets (a small dataset, weights) in ``directory`` for ``tuner demo``.
+
+        :return: for each command in :data:`COMMANDS`, the option values to run it with (core and own).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement demo()")

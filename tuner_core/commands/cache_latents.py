@@ -50,6 +50,8 @@ def item_fingerprint(item: MediaItem, architecture: Architecture, identity: str)
             "original_size": item.original_size,
             "bucket": item.bucket,
             "frames": item.frame_indices,
+            "source_fps": item.source_fps,
+            "control_buckets": item.control_buckets,
             "architecture": architecture.name,
             "cache_version": architecture.cache_version,
             "encoder": identity,
@@ -60,8 +62,8 @@ def item_fingerprint(item: MediaItem, architecture: Architecture, identity: str)
 def _load(item: MediaItem, architecture: Architecture) -> MediaSample | None:
     try:
         return load_sample(item, architecture.media)
-    except DataError as exc:
-        log.warning("skipping %s: %s", item.source, exc)
+    except DataError as exc:  # the message names the file
+        log.warning("skipping: %s", exc)
         return None
 
 

@@ -17,10 +17,10 @@ from tuner_core.cache.store import atomic_write_safetensors
 from tuner_core.commands.cache_latents import resolve_device
 from tuner_core.commands.result import CommandResult
 from tuner_core.errors import ConfigError, NotAvailableError
+from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
 from tuner_core.memory.apply import apply_memory_strategies
 from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
-from tuner_core.sampling.video_writer import to_uint8_frames, write_image, write_video
 from tuner_core.training.model_setup import memory_settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ def run_generate(
         directory = options.save_path / stem
         written += [write_image(directory / f"{i:04d}.png", f) for i, f in enumerate(frames)]
     else:
-        written.append(write_video(options.save_path / f"{stem}.mp4", frames, options.fps))
+        written.append(
+            write_video(
+                options.save_path / f"{stem}.mp4", pad_to_even(frames), options.fps, options={"crf": "16"}
+            )
+        )
     log.info("seed %d", seed)
     return CommandResult(
         "generate", {"video" if options.output_type == "video" else "images": written}, {"seed": seed}

@@ -24,6 +24,10 @@ class MediaItem:
     :param caption: the item's caption.
     :param frame_indices: source frame indices (after fps resampling) for videos, ``None`` for images.
     :param control_sources: control images or videos belonging to the item.
+    :param source_fps: the dataset's ``source_fps``: ``frame_indices`` count frames of the video resampled
+        from this rate to the architecture's; ``None`` when every frame of the source is used.
+    :param control_buckets: ``(width, height)`` each control is resized to, one per control source
+        (image controls may differ from ``bucket`` with ``no_resize_control`` / ``control_resolution``).
     """
 
     stem: str
@@ -35,6 +39,8 @@ class MediaItem:
     caption: str
     frame_indices: tuple[int, ...] | None = None
     control_sources: tuple[Path, ...] = ()
+    source_fps: float | None = None
+    control_buckets: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_video(self) -> bool:
@@ -57,7 +63,8 @@ class MediaSample:
     """A decoded item: pixels resized and cropped to the item's bucket.
 
     :param pixels: ``(F, H, W, 3)`` uint8 RGB frames (F=1 for images).
-    :param controls: decoded control images, each ``(H, W, C)`` uint8 (C=3 or 4 with alpha).
+    :param controls: decoded controls, one per control source: images ``(H, W, C)`` uint8 (C=3, or 4 when
+        the file has alpha), control videos ``(F, H, W, 3)`` uint8 with the item's frames.
     """
 
     item: MediaItem

@@ -17,6 +17,8 @@ class TrainingRun:
     :param architecture: the architecture being trained.
     :param output_dir: where weights, states, samples and logs go.
     :param is_main_process: whether this process writes files.
+    :param trained: the module holding the trained parameters (the denoiser with its network); plugins
+        that track weights (EMA, checksums, uploads) read it.
     """
 
     options: Any
@@ -24,6 +26,7 @@ class TrainingRun:
     architecture: Any
     output_dir: Path
     is_main_process: bool = True
+    trained: Any = None
     global_step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0

@@ -17,10 +17,10 @@ import torch
 from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
+from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.sampling.request import SampleRequest
-from tuner_core.sampling.video_writer import to_uint8_frames, write_image, write_video
 from tuner_core.training.model_setup import PreparedModel
 from tuner_core.training.run import TrainingRun
 
@@ -118,7 +118,11 @@ class TrainingSampler:
                     paths.append(write_image(directory / f"{stem}.png", frames[0]))
                 else:
                     fps = getattr(self.options, "fps", None) or self.architecture.media.fps
-                    paths.append(write_video(directory / f"{stem}.mp4", frames, fps))
+                    paths.append(
+                        write_video(
+                            directory / f"{stem}.mp4", pad_to_even(frames), fps, options={"crf": "16"}
+                        )
+                    )
                 log.info("sample %s", paths[-1])
             return paths
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 import uuid
@@ -96,6 +97,8 @@ def train(
     core = options.core
     seed = core.seed if core.seed is not None else random.randint(0, 2**31 - 1)
     accelerator = Accelerator(
+        # Several processes without CUDA: accelerate only sets up gloo (MULTI_CPU) when told it runs on CPU.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=core.mixed_precision,
         log_with="tensorboard" if core.logging_dir else None,
         project_config=ProjectConfiguration(
@@ -125,6 +128,9 @@ def train(
         collate_fn=stack_batch,
         num_workers=workers,
         persistent_workers=core.persistent_data_loader_workers and workers > 0,
+        # Its own generator: making an iterator must not draw from the global RNG that dropout uses,
+        # or a resumed run would draw one number more than the run it continues.
+        generator=torch.Generator().manual_seed(seed),
     )
     accumulation = core.gradient_accumulation_steps
     batches_per_epoch = sampler.batches_per_epoch()
@@ -182,6 +188,7 @@ def train(
         architecture=architecture,
         output_dir=core.output_dir,
         is_main_process=accelerator.is_main_process,
+        trained=prepared.step,
         global_step=counters.global_step,
         epoch=counters.epoch,
         total_steps=total_steps,
@@ -289,16 +296,14 @@ def train(
         progress.close()
 
     final = saver.save_final(counters=counters, epoch=min(counters.epoch + 1, epochs))
-    samples = sampling.maybe_sample(run, step=counters.global_step, epoch=None, final=True)
+    sampling.maybe_sample(run, step=counters.global_step, epoch=None, final=True)
     plot = None
     if accelerator.is_main_process:
         from tuner_core.training.loss_plot import write_loss_plot
 
         plot = write_loss_plot(core.output_dir / f"{core.output_name}_loss.png", counters.losses)
     accelerator.end_training()
-    return TrainResult(
-        final.weights, final.state, plot, sampling.written + samples, counters.global_step, epochs
-    )
+    return TrainResult(final.weights, final.state, plot, list(sampling.written), counters.global_step, epochs)
 
 
 def _loss(

@@ -176,6 +176,47 @@ class ToyArchitecture(Architecture):
     def network_metadata(self) -> dict[str, str]:
         return {"ss_base_model_version": "toy", "modelspec.architecture": "toy/lora"}
 
+    # -- demo --------------------------------------------------------------------------------------------
+
+    def demo(self, directory: Path) -> Mapping[str, Mapping[str, Any]]:
+        from tuner_toy.build import make_toy_models
+        from tuner_toy.sample_data import make_sample_dataset
+
+        dataset = make_sample_dataset(directory / "data")
+        files = make_toy_models(directory / "models")
+        prompts = directory / "prompts.txt"
+        prompts.write_text("a red square moving right --w 64 --h 64 --f 17 --s 12 --d 7\n", encoding="utf-8")
+        return {
+            "cache-latents": {"dataset_config": dataset, "vae": files.vae},
+            "cache-text": {"dataset_config": dataset, "text_encoder": files.text_encoder},
+            "train": {
+                "dataset_config": dataset,
+                "dit": files.dit,
+                "vae": files.vae,
+                "text_encoder": files.text_encoder,
+                "output_dir": directory / "output",
+                # The toy starts from random weights, so the demo trains all of it; with a real base
+                # model you would train a LoRA (--network_module lora), as the tests do.
+                "output_name": "toy",
+                "learning_rate": 3e-3,
+                "lr_scheduler": "cosine",
+                "max_train_epochs": 40,
+                "seed": 0,
+                "max_data_loader_n_workers": 0,
+                "sample_prompts": prompts,
+                "sample_every_n_epochs": 20,
+            },
+            "generate": {
+                "dit": directory / "output" / "toy.safetensors",
+                "vae": files.vae,
+                "text_encoder": files.text_encoder,
+                "prompt": "a red square moving right",
+                "video_frames": 17,
+                "seed": 7,
+                "save_path": directory / "generated",
+            },
+        }
+
     # -- sampling ----------------------------------------------------------------------------------
 
     def generation_request(self, options: Any) -> SampleRequest:

@@ -8,7 +8,7 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
-from tuner_toy.models import ToyAutoencoder, ToyDenoiser, ToyTextEncoder
+from tuner_toy.models import LATENT_CHANNELS, SPATIAL, ToyAutoencoder, ToyDenoiser, ToyTextEncoder
 
 
 @attrs.frozen
@@ -20,15 +20,25 @@ class ToyModelFiles:
     dit: Path
 
 
+def _patch_codec() -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder rows: the mean colour of a 4x4 patch (3 channels), its left-right and top-bottom colour
+    differences (5 channels); the decoder is the encoder's pseudo-inverse, so decoding is blocky but faithful."""
+    rows = torch.zeros(LATENT_CHANNELS, 3, SPATIAL, SPATIAL)
+    for c in range(3):
+        rows[c, c] = 1.0
+        rows[3 + c, c, :, : SPATIAL // 2], rows[3 + c, c, :, SPATIAL // 2 :] = 1.0, -1.0
+    for k, c in enumerate((0, 1)):
+        rows[6 + k, c, : SPATIAL // 2], rows[6 + k, c, SPATIAL // 2 :] = 1.0, -1.0
+    encoder = rows.flatten(1) * (6.0 / SPATIAL**2)  # latents of about unit variance
+    return encoder, torch.linalg.pinv(encoder)
+
+
 def make_toy_models(directory: Path, seed: int = 0) -> ToyModelFiles:
     """Write seeded random weights for the autoencoder, text encoder and denoiser into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     vae = ToyAutoencoder()
-    # Orthonormal rows make the decoder (the transpose) the exact pseudo-inverse of the encoder.
-    q, _ = torch.linalg.qr(torch.randn(vae.encoder.in_features, vae.encoder.out_features))
-    vae.encoder.weight.data = q.T.contiguous() * 2.0
-    vae.decoder.weight.data = q.contiguous() / 2.0
+    vae.encoder.weight.data, vae.decoder.weight.data = _patch_codec()
     files = ToyModelFiles(
         directory / "toy_vae.safetensors",
         directory / "toy_text.safetensors",

@@ -1,0 +1,243 @@
+"""Checkpoint handling: resolving files and shards, safe .pt reading, streaming into meta models, errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from tuner_core.errors import ModelLoadError
+from tuner_core.weights import (
+    load_into_model,
+    load_pt_state_dict,
+    open_checkpoint,
+    resolve_checkpoint,
+    save_safetensors,
+    save_sharded_safetensors,
+)
+
+
+class Toy(nn.Module):
+    """A small model with parameters, a persistent buffer and a non-persistent one."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.norm = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList([nn.Linear(width, width) for _ in range(3)])
+        self.head = nn.Linear(width, 2)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+
+def toy_state(seed: int = 0, width: int = 6) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = Toy(width)
+    model.steps.fill_(7)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def meta_toy(width: int = 6) -> Toy:
+    with torch.device("meta"):
+        return Toy(width)
+
+
+# -- resolving files -------------------------------------------------------------------------------------
+
+
+def test_first_shard_expands_to_the_whole_set(tmp_path):
+    shards, index = save_sharded_safetensors(
+        toy_state(), tmp_path, num_shards=3, stem="diffusion_pytorch_model"
+    )
+    assert [p.name for p in shards] == [
+        f"diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    for given in (shards[0], shards[2], index, tmp_path):
+        assert resolve_checkpoint(given).files == tuple(shards)
+    assert resolve_checkpoint(tmp_path).index == index
+
+
+def test_missing_shard_is_named(tmp_path):
+    shards, index = save_sharded_safetensors(toy_state(), tmp_path, num_shards=3)
+    shards[1].unlink()
+    with pytest.raises(ModelLoadError, match=r"model-00002-of-00003\.safetensors"):
+        resolve_checkpoint(shards[0])
+    with pytest.raises(ModelLoadError, match=r"missing.*model-00002-of-00003"):
+        resolve_checkpoint(tmp_path)  # through the index
+
+
+def test_directory_without_index_uses_shards_then_first_file(tmp_path):
+    shards, index = save_sharded_safetensors(toy_state(), tmp_path / "sharded", num_shards=2)
+    index.unlink()
+    (tmp_path / "sharded" / "config.json").write_text("{}")
+    resolved = resolve_checkpoint(tmp_path / "sharded")
+    assert resolved.files == tuple(shards) and resolved.config == tmp_path / "sharded" / "config.json"
+
+    single = tmp_path / "single"
+    save_safetensors(toy_state(), single / "b.safetensors")
+    save_safetensors(toy_state(1), single / "a.safetensors")
+    resolved = resolve_checkpoint(single)
+    assert resolved.files == (single / "a.safetensors",) and resolved.config is None
+
+
+def test_nothing_to_load_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        resolve_checkpoint(tmp_path / "absent.safetensors")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="no .safetensors"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_corrupt_file_is_an_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ModelLoadError, match="bad.safetensors"):
+        open_checkpoint(bad)
+
+
+def test_same_tensor_in_two_shards_is_an_error(tmp_path):
+    state = toy_state()
+    save_file({"head.bias": state["head.bias"]}, str(tmp_path / "m-00001-of-00002.safetensors"))
+    save_file({"head.bias": state["head.bias"]}, str(tmp_path / "m-00002-of-00002.safetensors"))
+    with pytest.raises(ModelLoadError, match="stored twice"):
+        open_checkpoint(tmp_path / "m-00001-of-00002.safetensors")
+
+
+# -- streaming into a model --------------------------------------------------------------------------------
+
+
+def test_streams_into_meta_model_with_dtype_and_device(tmp_path):
+    state = toy_state()
+    shards, _ = save_sharded_safetensors(state, tmp_path, num_shards=3)
+    model = meta_toy()
+    with open_checkpoint(shards[0]) as source:
+        result = load_into_model(
+            model, source, dtype=torch.bfloat16, keep_dtype=lambda k: k.startswith("norm.")
+        )
+    assert result.loaded == len(state) and not result.missing and not result.ignored
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cpu"
+        if key == "steps":
+            assert value.dtype == torch.int64 and value.item() == 7  # integers are never cast
+        elif key.startswith("norm."):
+            assert value.dtype == torch.float32 and torch.equal(value, state[key])
+        else:
+            assert value.dtype == torch.bfloat16 and torch.equal(value, state[key].to(torch.bfloat16))
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
+    model.embed(torch.ones(1, 4, dtype=torch.bfloat16)).sum().backward()
+    assert model.embed.weight.grad is not None
+
+
+def test_transform_may_rewrite_and_add_tensors(tmp_path):
+    state = toy_state()
+    path = save_safetensors(state, tmp_path / "toy.safetensors")
+    seen = []
+
+    def quantise(key, tensor):
+        seen.append((key, tensor.dtype))
+        if key.startswith("blocks.") and key.endswith(".weight"):
+            scale = tensor.abs().amax() / 100
+            return {key: (tensor / scale).round() * scale, key.replace(".weight", ".scale_weight"): scale}
+        return {key: tensor}
+
+    model = meta_toy()
+    with open_checkpoint(path) as source:
+        result = load_into_model(model, source, dtype=torch.float64, transform=quantise)
+    assert sorted(result.added) == [f"blocks.{i}.scale_weight" for i in range(3)]
+    assert all(dtype == torch.float64 for key, dtype in seen if key != "steps")  # cast happens first
+    assert model.blocks[1].scale_weight.dtype == torch.float64
+    assert "blocks.1.scale_weight" in model.state_dict()
+
+
+def test_rename_maps_stored_names(tmp_path):
+    state = {"model." + k: v for k, v in toy_state().items()}
+    state["model.unused"] = torch.zeros(1)
+    path = save_safetensors(state, tmp_path / "prefixed.safetensors")
+    model = meta_toy()
+
+    def rename(key):
+        return None if key.endswith("unused") else key.removeprefix("model.")
+
+    with open_checkpoint(path) as source:
+        load_into_model(model, source, rename=rename)
+    assert torch.equal(model.head.weight, toy_state()["head.weight"])
+
+
+def test_mismatch_error_names_file_and_keys(tmp_path):
+    state = toy_state(width=8)  # every block has the wrong width for Toy(6)
+    del state["head.bias"]
+    for i in range(12):
+        state[f"extra.{i}"] = torch.zeros(1)
+    path = save_safetensors(state, tmp_path / "other.safetensors")
+    with open_checkpoint(path) as source, pytest.raises(ModelLoadError) as caught:
+        load_into_model(meta_toy(), source)
+    message = str(caught.value)
+    assert "other.safetensors" in message and "Toy" in message
+    assert "1 missing" in message and "head.bias" in message
+    assert "12 unexpected" in message and "extra.0" in message and "and 7 more" in message
+    assert "wrong shape" in message and "blocks.0.weight is (8, 8)" in message and "expects (6, 6)" in message
+    assert "11 with the wrong shape" in message
+
+
+def test_non_strict_reports_missing_and_ignored(tmp_path):
+    state = toy_state()
+    del state["head.bias"]
+    state["extra"] = torch.zeros(1)
+    path = save_safetensors(state, tmp_path / "partial.safetensors")
+    model = meta_toy()
+    with open_checkpoint(path) as source:
+        result = load_into_model(model, source, strict=False)
+    assert result.missing == ("head.bias",) and result.ignored == ("extra",)
+    assert model.head.bias.is_meta and not model.head.weight.is_meta
+
+
+def test_shape_errors_are_raised_even_when_not_strict(tmp_path):
+    path = save_safetensors(toy_state(width=8), tmp_path / "wide.safetensors")
+    with open_checkpoint(path) as source, pytest.raises(ModelLoadError, match="wrong shape"):
+        load_into_model(meta_toy(), source, strict=False)
+
+
+# -- pickled checkpoints -------------------------------------------------------------------------------------
+
+
+def test_pt_checkpoint_unwraps_state_dict_and_prefix(tmp_path):
+    state = toy_state()
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": {"net." + k: v for k, v in state.items()}, "epoch": 3}, path)
+    loaded = load_pt_state_dict(path, prefix="net.")
+    assert loaded.keys() == state.keys()
+    model = meta_toy()
+    with open_checkpoint(path, prefix="net.") as source:
+        load_into_model(model, source)
+    assert torch.equal(model.embed.weight, state["embed.weight"])
+    with pytest.raises(ModelLoadError, match="no tensor name starts with"):
+        load_pt_state_dict(path, prefix="other.")
+
+
+class Payload:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pt_checkpoint_never_executes_pickled_code(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"weight": Payload()}, handle, protocol=2)
+    with pytest.raises(ModelLoadError, match="refusing|not a readable"):
+        load_pt_state_dict(path)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_sharded_save_writes_a_consistent_index(tmp_path):
+    state = toy_state()
+    shards, index = save_sharded_safetensors(state, tmp_path, num_shards=4)
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert set(weight_map) == set(state) and set(weight_map.values()) == {p.name for p in shards}
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries
+    with pytest.raises(ValueError, match="num_shards"):
+        save_sharded_safetensors(state, tmp_path, num_shards=len(state) + 1)

@@ -1,0 +1,41 @@
+"""Checkpoint handling for every architecture: find the files, read them safely, stream them into a model.
+
+Typical use::
+
+    files = resolve_checkpoint(path)            # a file, a shard of a set, an index or a snapshot directory
+    with torch.device("meta"):
+        model = MyModel(config)                 # no memory yet
+    with open_checkpoint(files) as source:
+        load_into_model(model, source, device="cuda", dtype=torch.bfloat16)
+"""
+
+from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint, shard_files
+from tuner_core.weights.reader import (
+    SafetensorsSource,
+    StateDictSource,
+    TensorInfo,
+    TensorSource,
+    load_pt_state_dict,
+    open_checkpoint,
+)
+from tuner_core.weights.save import save_json, save_safetensors, save_sharded_safetensors
+from tuner_core.weights.stream import LoadResult, Transform, load_into_model, mismatch_error
+
+__all__ = [
+    "CheckpointFiles",
+    "LoadResult",
+    "SafetensorsSource",
+    "StateDictSource",
+    "TensorInfo",
+    "TensorSource",
+    "Transform",
+    "load_into_model",
+    "load_pt_state_dict",
+    "mismatch_error",
+    "open_checkpoint",
+    "resolve_checkpoint",
+    "save_json",
+    "save_safetensors",
+    "save_sharded_safetensors",
+    "shard_files",
+]

@@ -1,0 +1,191 @@
+"""Reading checkpoints tensor by tensor: safetensors headers and data, and pickled state dicts (safely)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+import torch
+from safetensors import safe_open
+
+from tuner_core.errors import ModelLoadError
+from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class TensorInfo:
+    """What a checkpoint says about one tensor before it is read.
+
+    :param shape: stored shape.
+    :param dtype: stored dtype as a string (safetensors' ``"BF16"``, ``"F32"``, ... or torch's name).
+    :param file: the file holding it.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    file: Path
+
+
+class TensorSource:
+    """A read-only view of a checkpoint's tensors: names and shapes up front, data one tensor at a time."""
+
+    #: Human name for messages (a path, or a path and a shard count).
+    description: str = ""
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        """Every tensor name with its stored shape, dtype and file, without reading data."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> torch.Tensor:
+        """Read one tensor (on the CPU, in its stored dtype)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release open files."""
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SafetensorsSource(TensorSource):
+    """Tensors of one or more safetensors files (a shard set), opened memory-mapped and read on demand."""
+
+    def __init__(self, files: tuple[Path, ...] | list[Path]) -> None:
+        """Open ``files`` and read their headers.
+
+        :raises ModelLoadError: for an unreadable file, or a tensor name stored in two files.
+        """
+        self.files = tuple(files)
+        self.description = CheckpointFiles(files=self.files).describe()
+        self._stack = ExitStack()
+        self._handles: dict[str, Any] = {}
+        self._opened: list[Any] = []
+        self._infos: dict[str, TensorInfo] = {}
+        try:
+            for file in self.files:
+                try:
+                    handle = self._stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+                except Exception as exc:  # safetensors raises its own error types for corrupt files
+                    raise ModelLoadError(f"{file}: not a readable safetensors file: {exc}") from exc
+                self._opened.append(handle)
+                names = handle.keys()  # a safe_open handle is not iterable itself
+                for key in names:
+                    if key in self._infos:
+                        raise ModelLoadError(
+                            f"tensor {key!r} is stored twice, in {self._infos[key].file} and {file}; "
+                            "are two different checkpoints mixed in one folder?"
+                        )
+                    view = handle.get_slice(key)
+                    self._infos[key] = TensorInfo(tuple(view.get_shape()), str(view.get_dtype()), file)
+                    self._handles[key] = handle
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        """Every tensor name with its stored shape, dtype and file."""
+        return self._infos
+
+    def get(self, key: str) -> torch.Tensor:
+        """Read one tensor from its file."""
+        return self._handles[key].get_tensor(key)
+
+    def metadata(self) -> dict[str, str]:
+        """The string metadata of the first file (safetensors ``__metadata__``)."""
+        return dict(self._opened[0].metadata() or {}) if self._opened else {}
+
+    def close(self) -> None:
+        """Close every file."""
+        self._handles.clear()
+        self._opened.clear()
+        self._stack.close()
+
+
+class StateDictSource(TensorSource):
+    """Tensors of an in-memory state dict (for example a pickled ``.pt`` checkpoint)."""
+
+    def __init__(
+        self, state_dict: Mapping[str, torch.Tensor], description: str, file: Path | None = None
+    ) -> None:
+        """Wrap ``state_dict``; ``description`` names it in messages."""
+        self._tensors = dict(state_dict)
+        self.description = description
+        origin = file or Path(description)
+        self._infos = {
+            key: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."), origin)
+            for key, t in self._tensors.items()
+        }
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        """Every tensor name with its shape and dtype."""
+        return self._infos
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor itself; it is dropped from this source so memory frees as the model takes it."""
+        return self._tensors.pop(key)
+
+
+def load_pt_state_dict(
+    path: str | Path, *, prefix: str | None = None, unwrap: tuple[str, ...] = ("state_dict",)
+) -> dict[str, torch.Tensor]:
+    """Read a pickled PyTorch checkpoint without executing any pickled code (``weights_only=True``).
+
+    :param prefix: keep only keys starting with it, with the prefix removed (``"model."``).
+    :param unwrap: entries that hold the real state dict (``{"state_dict": {...}, "epoch": 3}``), tried in order.
+    :raises ModelLoadError: for unreadable files, files that need code execution, or a prefix nothing has.
+    """
+    path = Path(path)
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # legacy (pre-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{path}: refusing to load: the file contains pickled objects other than tensors "
+            f"(loading it would execute code). Convert it to safetensors. Detail: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    for name in unwrap:
+        if isinstance(obj, Mapping) and isinstance(obj.get(name), Mapping):
+            obj = obj[name]
+    if not isinstance(obj, Mapping):
+        raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state dict of named tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    skipped = len(obj) - len(tensors)
+    if skipped:
+        logger.debug("%s: ignored %d non-tensor entries", path, skipped)
+    if prefix:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not tensors:
+            raise ModelLoadError(f"{path}: no tensor name starts with {prefix!r}")
+    return tensors
+
+
+def open_checkpoint(path: str | Path | CheckpointFiles, *, prefix: str | None = None) -> TensorSource:
+    """Open a checkpoint (any form :func:`~tuner_core.weights.files.resolve_checkpoint` accepts) for reading.
+
+    :param prefix: for pickled files, the key prefix to keep and strip (see :func:`load_pt_state_dict`).
+    """
+    files = path if isinstance(path, CheckpointFiles) else resolve_checkpoint(path)
+    if files.is_pickle:
+        state_dict = load_pt_state_dict(files.files[0], prefix=prefix)
+        return StateDictSource(state_dict, str(files.files[0]), files.files[0])
+    return SafetensorsSource(files.files)

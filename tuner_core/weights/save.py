@@ -1,0 +1,97 @@
+"""Writing weight files atomically, so a killed process never leaves a half-written checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+
+def _atomic_target(path: Path) -> tuple[int, Path]:
+    """A temporary file beside ``path`` (same file system, so the final rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return fd, Path(tmp)
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` as one safetensors file via a temporary file and a rename; return the path."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON via a temporary file and a rename; return the path."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_sharded_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    directory: str | Path,
+    *,
+    num_shards: int,
+    stem: str = "model",
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[list[Path], Path]:
+    """Split ``tensors`` into ``num_shards`` files named ``<stem>-0000N-of-0000M.safetensors`` plus
+    ``<stem>.safetensors.index.json`` (the Hugging Face layout), balancing bytes in stored key order.
+
+    :returns: the shard paths and the index path.
+    """
+    if num_shards < 1 or num_shards > len(tensors):
+        raise ValueError(f"num_shards must be between 1 and the number of tensors ({len(tensors)})")
+    directory = Path(directory)
+    items = list(tensors.items())
+    sizes = [t.numel() * t.element_size() for _, t in items]
+    total = sum(sizes)
+    groups: list[list[tuple[str, torch.Tensor]]] = []
+    start, done = 0, 0
+    for shard in range(num_shards):
+        left = num_shards - shard - 1  # shards after this one, each needing at least one tensor
+        end = start + 1
+        done += sizes[start]
+        while end < len(items) - left and (
+            left == 0 or done + sizes[end] <= total * (shard + 1) / num_shards
+        ):
+            done += sizes[end]
+            end += 1
+        groups.append(items[start:end])
+        start = end
+    paths = []
+    weight_map = {}
+    for g, group in enumerate(groups):
+        name = f"{stem}-{g + 1:05d}-of-{num_shards:05d}.safetensors"
+        paths.append(save_safetensors(dict(group), directory / name, metadata))
+        weight_map.update({key: name for key, _ in group})
+    index = save_json(
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+        directory / f"{stem}.safetensors.index.json",
+    )
+    return paths, index

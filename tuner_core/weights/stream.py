@@ -1,0 +1,183 @@
+"""Streaming a checkpoint into a model built on the meta device, one tensor at a time.
+
+A model constructed under ``torch.device("meta")`` owns no memory. Each stored tensor is read, cast and
+assigned in place of its meta placeholder (what ``load_state_dict(assign=True)`` does, without first
+building a full state dict), so loading costs about one model's size of memory plus one tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import attrs
+import torch
+from torch import nn
+
+from tuner_core.errors import ModelLoadError
+from tuner_core.weights.reader import TensorInfo, TensorSource
+
+logger = logging.getLogger(__name__)
+
+#: ``transform(key, tensor) -> {key: tensor, ...}``: rewrite one loaded tensor (for example quantise it and
+#: add a scale). The returned mapping replaces the tensor; keys the model lacks become buffers.
+Transform = Callable[[str, torch.Tensor], Mapping[str, torch.Tensor]]
+
+#: How many names an error message lists per kind before it only counts the rest.
+SHOWN_KEYS = 5
+
+
+@attrs.frozen
+class LoadResult:
+    """What :func:`load_into_model` did.
+
+    :param source: the checkpoint's description.
+    :param loaded: model tensors assigned from the checkpoint.
+    :param added: tensors a transform added that the model did not declare (registered as buffers).
+    :param ignored: checkpoint tensors the model does not have (only with ``strict=False``).
+    :param missing: model tensors the checkpoint lacks, still on the meta device (only with ``strict=False``).
+    """
+
+    source: str
+    loaded: int
+    added: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+def _listing(keys: list[str], separator: str = ", ") -> str:
+    """The first few keys, then a count of the rest."""
+    shown = separator.join(keys[:SHOWN_KEYS])
+    more = len(keys) - SHOWN_KEYS
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def mismatch_error(
+    description: str,
+    model_name: str,
+    missing: list[str],
+    unexpected: list[tuple[str, TensorInfo]],
+    wrong_shape: list[tuple[str, TensorInfo, tuple[int, ...]]],
+) -> ModelLoadError:
+    """One error naming the checkpoint file(s) and every kind of key mismatch (a few keys each, then counts)."""
+    counts = []
+    lines = []
+    if missing:
+        counts.append(f"{len(missing)} missing")
+        lines.append(f"  missing from the checkpoint: {_listing(sorted(missing))}")
+    if unexpected:
+        counts.append(f"{len(unexpected)} unexpected")
+        files = sorted({info.file.name for _, info in unexpected})
+        lines.append(
+            f"  unexpected (not in the model; in {', '.join(files)}): {_listing([k for k, _ in unexpected])}"
+        )
+    if wrong_shape:
+        counts.append(f"{len(wrong_shape)} with the wrong shape")
+        shown = [
+            f"{key} is {info.shape} in {info.file.name}, the model expects {expected}"
+            for key, info, expected in wrong_shape
+        ]
+        lines.append(f"  wrong shape: {_listing(shown, '; ')}")
+    return ModelLoadError(
+        f"cannot load {description} into {model_name}: keys {', '.join(counts)}.\n"
+        + "\n".join(lines)
+        + "\nIs this the checkpoint of this model (and does the model config match it)?"
+    )
+
+
+def _assign(model: nn.Module, key: str, tensor: torch.Tensor, declared: bool) -> None:
+    """Put ``tensor`` in place of the parameter/buffer ``key`` (or add it as a buffer if not ``declared``)."""
+    owner_path, _, name = key.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path)
+    except AttributeError as exc:
+        raise ModelLoadError(f"tensor {key!r}: the model has no module {owner_path!r} to hold it") from exc
+    if not declared:
+        owner.register_buffer(name, tensor, persistent=True)
+        return
+    old = owner._parameters.get(name)
+    if old is not None:
+        wants_grad = old.requires_grad and tensor.dtype in (
+            torch.float16,
+            torch.bfloat16,
+            torch.float32,
+            torch.float64,
+        )
+        owner._parameters[name] = nn.Parameter(tensor, requires_grad=wants_grad)
+    else:
+        owner._buffers[name] = tensor
+
+
+def load_into_model(
+    model: nn.Module,
+    source: TensorSource,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    keep_dtype: Callable[[str], bool] | None = None,
+    transform: Transform | None = None,
+    rename: Callable[[str], str | None] | None = None,
+    strict: bool = True,
+) -> LoadResult:
+    """Fill ``model``'s parameters and buffers from ``source``, one tensor at a time.
+
+    The model is usually built on the meta device; every declared tensor is replaced, so it may also be a
+    materialised model (its old tensors are freed as they are replaced).
+
+    :param device: where tensors go.
+    :param dtype: floating-point tensors are cast to it (``None``: keep each stored dtype).
+    :param keep_dtype: keys for which the stored dtype is kept even when ``dtype`` is given.
+    :param transform: per-tensor rewrite applied after the cast (memory strategies use it).
+    :param rename: maps stored names to model names before anything else; ``None`` drops a tensor.
+    :param strict: unexpected or missing keys are errors (shape mismatches always are).
+    :raises ModelLoadError: naming the file(s) and the mismatching keys.
+    """
+    expected = {key: tuple(t.shape) for key, t in model.state_dict(keep_vars=True).items()}
+    stored: dict[str, tuple[str, TensorInfo]] = {}
+    for key, info in source.infos().items():
+        name = rename(key) if rename is not None else key
+        if name is None:
+            continue
+        if name in stored:
+            raise ModelLoadError(
+                f"{source.description}: {stored[name][0]!r} and {key!r} both map to {name!r}"
+            )
+        stored[name] = (key, info)
+
+    missing = [key for key in expected if key not in stored]
+    unexpected = [(name, info) for name, (_, info) in stored.items() if name not in expected]
+    wrong_shape = [
+        (name, info, expected[name])
+        for name, (_, info) in stored.items()
+        if name in expected and info.shape != expected[name]
+    ]
+    if wrong_shape or (strict and (missing or unexpected)):
+        raise mismatch_error(source.description, type(model).__name__, missing, unexpected, wrong_shape)
+
+    loaded = 0
+    added: list[str] = []
+    for name, (key, _) in stored.items():
+        if name not in expected:
+            continue
+        tensor = source.get(key)
+        keep = (
+            dtype is None or not tensor.is_floating_point() or (keep_dtype is not None and keep_dtype(name))
+        )
+        tensor = tensor.to(device=device, dtype=None if keep else dtype)
+        outputs = transform(name, tensor) if transform is not None else {name: tensor}
+        for out_name, out in outputs.items():
+            declared = out_name in expected
+            if not declared:
+                added.append(out_name)
+            _assign(model, out_name, out.to(device), declared)
+        loaded += 1
+        del tensor, outputs
+
+    logger.debug("loaded %d tensors from %s", loaded, source.description)
+    return LoadResult(
+        source=source.description,
+        loaded=loaded,
+        added=tuple(added),
+        ignored=tuple(name for name, _ in unexpected),
+        missing=tuple(missing),
+    )
