@@ -38,7 +38,7 @@ def launchers() -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("launcher", launchers(), ids=lambda l: Path(l[0]).name)
+@pytest.mark.parametrize("launcher", launchers(), ids=lambda command: Path(command[0]).name)
 def test_two_process_training(toy, tmp_path, launcher):
     cache_all(toy)
     out = tmp_path / "out"
