@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from tuner_core.architecture import Architecture
@@ -37,7 +37,7 @@ from tuner_core.training.cached_data import (
     stack_batch,
 )
 from tuner_core.training.lr_schedulers import build_lr_scheduler
-from tuner_core.training.metadata import progress_metadata, training_metadata
+from tuner_core.training.metadata import model_hashes, progress_metadata, training_metadata
 from tuner_core.training.model_setup import PreparedModel, prepare_model
 from tuner_core.training.optimizers import build_optimizer
 from tuner_core.training.progress import Progress
@@ -222,7 +222,7 @@ def train(
         model_name=str(getattr(options, architecture.trained_component, "") or ""),
         title=core.output_name,
     )
-    saver = _Saver(accelerator, prepared, core, metadata, plugins, run)
+    saver = _Saver(accelerator, step_module, prepared, core, metadata, plugins, run)
     sampling = TrainingSampler.create(options, architecture, plugins, accelerator, prepared)
     if core.logging_dir:
         accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
@@ -346,6 +346,8 @@ def _register_state_hooks(accelerator: Accelerator, prepared: PreparedModel) -> 
         prepared.step.load_trainable_state_dict(load_file(str(path)))
         models.clear()
 
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return  # they save and load their sharded model states themselves
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
@@ -362,6 +364,7 @@ class _Saver:
     def __init__(
         self,
         accelerator: Accelerator,
+        step_module: torch.nn.Module,
         prepared: PreparedModel,
         core: Any,
         metadata: dict[str, str],
@@ -369,21 +372,29 @@ class _Saver:
         run: TrainingRun,
     ) -> None:
         self.accelerator = accelerator
+        self.step_module = step_module
         self.prepared = prepared
         self.core = core
         self.metadata = metadata
         self.plugins = plugins
         self.run = run
 
+    def _trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """The trainable weights; under FSDP / DeepSpeed gathered from every process (all must call this)."""
+        if self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return self.prepared.step.trainable_state_dict()
+        full = self.accelerator.get_state_dict(self.step_module)
+        # The network's module names are its saved names (lora_unet_...); the denoiser's are its own.
+        prefix = "network." if self.prepared.network_type is not None else "model."
+        return {k[len(prefix) :]: v for k, v in (full or {}).items() if k.startswith(prefix)}
+
     def _weights(self, name: str, *, epoch: int, steps: int, finished: bool) -> Path | None:
+        tensors = self._trainable_tensors()
         if not self.accelerator.is_main_process:
             return None
         path = self.core.output_dir / name
         meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
-        tensors = self.prepared.step.trainable_state_dict()
         if self.prepared.network_type is not None and not self.core.no_metadata:
-            from tuner_core.training.metadata import model_hashes
-
             meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
         checkpoints.save_weights(path, tensors, meta, self.core.save_precision)
         self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import BinaryIO
 
 import attrs
 import torch
-from safetensors import safe_open
 
 from tuner_core.errors import ModelLoadError
 from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint
+from tuner_core.weights.safetensors_file import StoredTensor, read_header, read_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class TensorInfo:
     """What a checkpoint says about one tensor before it is read.
 
     :param shape: stored shape.
-    :param dtype: stored dtype as a string (safetensors' ``"BF16"``, ``"F32"``, ... or torch's name).
+    :param dtype: stored dtype, torch's name for it (``"bfloat16"``, ``"float32"``, ...).
     :param file: the file holding it.
     """
 
@@ -61,36 +61,37 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
-    """Tensors of one or more safetensors files (a shard set), opened memory-mapped and read on demand."""
+    """Tensors of one or more safetensors files (a shard set); headers read up front, data on demand."""
 
     def __init__(self, files: tuple[Path, ...] | list[Path]) -> None:
         """Open ``files`` and read their headers.
 
-        :raises ModelLoadError: for an unreadable file, or a tensor name stored in two files.
+        :raises ModelLoadError: for an unreadable or truncated file, or a tensor name stored in two files.
         """
         self.files = tuple(files)
         self.description = CheckpointFiles(files=self.files).describe()
         self._stack = ExitStack()
-        self._handles: dict[str, Any] = {}
-        self._opened: list[Any] = []
+        self._where: dict[str, tuple[BinaryIO, Path, StoredTensor]] = {}
         self._infos: dict[str, TensorInfo] = {}
+        self._metadata: dict[str, str] = {}
         try:
-            for file in self.files:
+            for index, file in enumerate(self.files):
                 try:
-                    handle = self._stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
-                except Exception as exc:  # safetensors raises its own error types for corrupt files
-                    raise ModelLoadError(f"{file}: not a readable safetensors file: {exc}") from exc
-                self._opened.append(handle)
-                names = handle.keys()  # a safe_open handle is not iterable itself
-                for key in names:
+                    handle = self._stack.enter_context(open(file, "rb"))  # noqa: SIM115 - closed by the stack
+                except OSError as exc:
+                    raise ModelLoadError(f"{file}: cannot open: {exc}") from exc
+                header = read_header(file, handle)
+                if index == 0:
+                    self._metadata = header.metadata
+                for key, stored in header.tensors.items():
                     if key in self._infos:
                         raise ModelLoadError(
                             f"tensor {key!r} is stored twice, in {self._infos[key].file} and {file}; "
                             "are two different checkpoints mixed in one folder?"
                         )
-                    view = handle.get_slice(key)
-                    self._infos[key] = TensorInfo(tuple(view.get_shape()), str(view.get_dtype()), file)
-                    self._handles[key] = handle
+                    dtype_name = str(stored.dtype).removeprefix("torch.")
+                    self._infos[key] = TensorInfo(stored.shape, dtype_name, file)
+                    self._where[key] = (handle, file, stored)
         except BaseException:
             self._stack.close()
             raise
@@ -100,17 +101,20 @@ class SafetensorsSource(TensorSource):
         return self._infos
 
     def get(self, key: str) -> torch.Tensor:
-        """Read one tensor from its file."""
-        return self._handles[key].get_tensor(key)
+        """Read one tensor from its file into new CPU memory."""
+        handle, file, stored = self._where[key]
+        try:
+            return read_tensor(handle, stored, file)
+        except OSError as exc:
+            raise ModelLoadError(f"{file}: reading tensor {key!r} failed: {exc}") from exc
 
     def metadata(self) -> dict[str, str]:
-        """The string metadata of the first file (safetensors ``__metadata__``)."""
-        return dict(self._opened[0].metadata() or {}) if self._opened else {}
+        """The string metadata (safetensors ``__metadata__``) of the first file."""
+        return dict(self._metadata)
 
     def close(self) -> None:
         """Close every file."""
-        self._handles.clear()
-        self._opened.clear()
+        self._where.clear()
         self._stack.close()
 
 

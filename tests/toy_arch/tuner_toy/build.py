@@ -33,7 +33,7 @@ def _patch_codec() -> tuple[torch.Tensor, torch.Tensor]:
     return encoder, torch.linalg.pinv(encoder)
 
 
-def make_toy_models(directory: Path, seed: int = 0) -> ToyModelFiles:
+def make_toy_models(directory: Path, seed: int = 0, *, dim: int = 32, depth: int = 2) -> ToyModelFiles:
     """Write seeded random weights for the autoencoder, text encoder and denoiser into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -44,6 +44,10 @@ def make_toy_models(directory: Path, seed: int = 0) -> ToyModelFiles:
         directory / "toy_text.safetensors",
         directory / "toy_dit.safetensors",
     )
-    for model, path in ((vae, files.vae), (ToyTextEncoder(), files.text_encoder), (ToyDenoiser(), files.dit)):
+    for model, path in (
+        (vae, files.vae),
+        (ToyTextEncoder(), files.text_encoder),
+        (ToyDenoiser(dim=dim, heads=max(dim // 16, 1), depth=depth), files.dit),
+    ):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return files
