@@ -110,8 +110,8 @@ class Architecture:
 
     # -- caching -----------------------------------------------------------------------------------
 
-    def latent_cache_names(self, item: MediaItem) -> list[str]:
-        """File names (inside the item's cache directory) that caching ``item`` writes, in order."""
+    def latent_cache_names(self, item: MediaItem, options: Any) -> list[str]:
+        """File names (inside the item's cache directory) that caching ``item`` with ``options`` writes, in order."""
         raise NotImplementedError(f"{type(self).__name__} does not implement latent_cache_names()")
 
     def is_latent_cache(self, file_name: str) -> bool:

@@ -52,6 +52,7 @@ def item_fingerprint(item: MediaItem, architecture: Architecture, identity: str)
             "frames": item.frame_indices,
             "source_fps": item.source_fps,
             "control_buckets": item.control_buckets,
+            "dataset_options": repr(item.dataset_options),
             "architecture": architecture.name,
             "cache_version": architecture.cache_version,
             "encoder": identity,
@@ -86,7 +87,7 @@ def cache_latents(
         todo = []
         for item in found.items:
             try:
-                names = architecture.latent_cache_names(item)
+                names = architecture.latent_cache_names(item, combined)
             except DataError as exc:  # e.g. a clip shorter than one section
                 log.warning("skipping %s: %s", item.source, exc)
                 counts["skipped"] += 1

@@ -119,6 +119,7 @@ def _image_items(
                 caption=entry.caption,
                 control_sources=entry.controls,
                 control_buckets=control_buckets,
+                dataset_options=settings.extra,
             )
         )
     return items
@@ -222,6 +223,7 @@ def _video_items(
                     control_sources=entry.controls,
                     source_fps=keys.source_fps,
                     control_buckets=(bucket,) * len(entry.controls),
+                    dataset_options=settings.extra,
                 )
             )
     if off_rate:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -28,6 +28,8 @@ class MediaItem:
         from this rate to the architecture's; ``None`` when every frame of the source is used.
     :param control_buckets: ``(width, height)`` each control is resized to, one per control source
         (image controls may differ from ``bucket`` with ``no_resize_control`` / ``control_resolution``).
+    :param dataset_options: the architecture's keys of the item's dataset table (its ``dataset_options``
+        instance, e.g. FramePack's ``fp_latent_window_size``), or ``None``.
     """
 
     stem: str
@@ -41,6 +43,7 @@ class MediaItem:
     control_sources: tuple[Path, ...] = ()
     source_fps: float | None = None
     control_buckets: tuple[tuple[int, int], ...] = ()
+    dataset_options: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def is_video(self) -> bool:

@@ -64,7 +64,7 @@ def find_cached_items(config: DatasetConfig, architecture: Architecture, options
             except (OSError, ValueError) as exc:
                 log.warning("skipping %s: unreadable text cache %s: %s", latent_path, text_path, exc)
                 continue
-            architecture.validate_cache(latent_path, latent_header, options)
+            architecture.validate_cache(latent_path, latent_header, options, ds.extra)
             signature = (ds.index, tuple(sorted(latent_header.items())), tuple(sorted(text_header.items())))
             items.append(CachedItem(latent_path, text_path, ds.index, signature))
     if not items:

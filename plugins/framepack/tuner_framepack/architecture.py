@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
-from tuner_core import Architecture, MediaRules, ModelLayout
+import torch
+
+from tuner_core import Architecture, CacheRecord, MediaItem, MediaRules, MediaSample, ModelLayout
+from tuner_framepack import cache_format
 from tuner_framepack.options import (
     FramePackCacheLatentsOptions,
     FramePackCacheTextOptions,
@@ -49,3 +54,115 @@ class FramePackArchitecture(Architecture):
         network_prefix="lora_unet",
     )
     cache_version = "1"
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    def components(self, command: str, options: Any) -> tuple[str, ...]:
+        return {
+            "cache-latents": ("vae", "image_encoder"),
+            "cache-text": ("text_encoder1", "text_encoder2"),
+            "train": ("dit",),
+            "generate": ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder"),
+        }[command]
+
+    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
+        from tuner_framepack.components import load_component
+
+        return load_component(component, options, device)
+
+    def cache_identity(self, command: str, options: Any) -> str:
+        from tuner_framepack.components import file_identity
+
+        if command == "cache-latents":
+            return "|".join(
+                (
+                    file_identity(options.vae),
+                    file_identity(options.image_encoder),
+                    f"window={options.latent_window_size}",
+                    f"f1={options.f1}",
+                    f"one_frame={options.one_frame}:{options.one_frame_no_2x}:{options.one_frame_no_4x}",
+                )
+            )
+        return "|".join(
+            (
+                file_identity(options.text_encoder1),
+                file_identity(options.text_encoder2),
+                f"fp8={options.fp8_llm}",
+            )
+        )
+
+    def sample_components(self, options: Any) -> tuple[str, ...]:
+        return ("vae", "text_encoder1", "text_encoder2", "image_encoder")
+
+    # -- caching -----------------------------------------------------------------------------------------
+
+    def latent_cache_names(self, item: MediaItem, options: Any) -> list[str]:
+        from tuner_framepack.caching import window_size
+
+        return cache_format.latent_cache_names(item, window_size(item, options))
+
+    def is_latent_cache(self, file_name: str) -> bool:
+        return cache_format.is_latent_cache(file_name)
+
+    def encode_latents(
+        self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
+    ) -> list[list[CacheRecord]]:
+        from tuner_framepack.caching import encode_latents
+
+        return encode_latents(samples, models, options)
+
+    def text_cache_name(self, item: MediaItem) -> str:
+        return cache_format.text_cache_name(item.stem)
+
+    def is_text_cache(self, file_name: str) -> bool:
+        return cache_format.is_text_cache(file_name)
+
+    def text_cache_for(self, latent_cache_name: str) -> str:
+        return cache_format.text_cache_for(latent_cache_name)
+
+    def encode_text(
+        self, captions: Sequence[str], models: Mapping[str, Any], options: Any
+    ) -> list[dict[str, torch.Tensor]]:
+        from tuner_framepack.caching import encode_text
+
+        return encode_text(captions, models, options)
+
+    def text_cache_metadata(self, caption: str) -> dict[str, str]:
+        return cache_format.text_cache_metadata(caption)
+
+    # -- training ----------------------------------------------------------------------------------------
+
+    def validate_cache(
+        self,
+        path: Path,
+        header: Mapping[str, tuple[str, tuple[int, ...]]],
+        options: Any,
+        dataset_options: Any,
+    ) -> None:
+        own = getattr(dataset_options, "fp_latent_window_size", None)
+        expected = own if own is not None else options.latent_window_size
+        cache_format.check_window_size(str(path), cache_format.header_window_size(header), expected)
+
+    def batch_item(
+        self, latent_tensors: Mapping[str, torch.Tensor], text_tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return cache_format.batch_tensors(latent_tensors, text_tensors)
+
+    def predict(
+        self,
+        model: torch.nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        options: Any,
+    ) -> torch.Tensor:
+        from tuner_framepack.training import predict
+
+        return predict(model, batch, noisy_latents, timesteps, options)
+
+    def network_metadata(self) -> dict[str, str]:
+        return {
+            "ss_base_model_version": "framepack",
+            "modelspec.architecture": "framepack/lora",
+            "modelspec.implementation": "https://github.com/lllyasviel/FramePack",
+        }

@@ -18,7 +18,7 @@ class VaeMemoryOptions:
 
     vae_chunk_size: int | None = option(
         None,
-        help="Frames per causal-conv chunk in the VAE (lower saves memory).",
+        help="Split the VAE's causal convolutions into chunks of this width (exact; lower saves memory).",
         group=VAE,
         validator=at_least(1),
     )

@@ -107,7 +107,7 @@ class ToyArchitecture(Architecture):
 
     # -- caching -----------------------------------------------------------------------------------
 
-    def latent_cache_names(self, item: MediaItem) -> list[str]:
+    def latent_cache_names(self, item: MediaItem, options: Any = None) -> list[str]:
         w, h = item.original_size
         if item.is_video:
             return [

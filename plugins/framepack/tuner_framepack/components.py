@@ -1,0 +1,91 @@
+"""Loading FramePack's components for a command: the DiT, the VAE and the three conditioning encoders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from tuner_core import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class TextEncoder:
+    """A text encoder with the tokenizer that belongs to it."""
+
+    tokenizer: Any
+    model: Any
+
+
+def _required(options: Any, name: str, what: str) -> Path:
+    path = getattr(options, name, None)
+    if path is None:
+        raise ConfigError(f"--{name} is required for {what}")
+    return Path(path)
+
+
+def _encoder_dtype(device: torch.device) -> torch.dtype:
+    # The reference runs every encoder in float16; CPUs compute float16 slowly and partly not at all.
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def dit_dtype(options: Any) -> torch.dtype | None:
+    """bf16 / fp16 weights under that mixed precision (the reference trains the DiT in bf16); else fp32."""
+    precision = getattr(options, "mixed_precision", "no")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def load_component(component: str, options: Any, device: torch.device) -> Any:
+    """Load ``component`` with the command's options (see ``FramePackArchitecture.components``)."""
+    from tuner_framepack import encoders
+
+    if component == "dit":
+        from tuner_framepack.dit import load_dit
+
+        attn_mode = getattr(options, "attn_mode", "sdpa")
+        attn_mode = {"torch": "sdpa", "sageattn": "sage"}.get(attn_mode, attn_mode)
+        return load_dit(
+            _required(options, "dit", "the DiT"),
+            device=device,
+            dtype=dit_dtype(options),
+            attn_mode=attn_mode,
+            split_attn=getattr(options, "split_attn", False),
+        )
+    dtype = _encoder_dtype(device)
+    if component == "vae":
+        return encoders.load_vae(
+            _required(options, "vae", "the VAE"),
+            dtype=dtype,
+            device=device,
+            chunk_size=options.vae_chunk_size,
+            tiling=options.vae_tiling,
+            tile_sample_min_size=options.vae_spatial_tile_sample_min_size,
+        )
+    if component == "image_encoder":
+        return encoders.load_image_encoder(
+            _required(options, "image_encoder", "SigLIP"), dtype=dtype, device=device
+        )
+    if component == "text_encoder1":
+        path = _required(options, "text_encoder1", "the LLaMA text encoder")
+        tokenizer = encoders.load_tokenizer1(options.tokenizer1, path)
+        model = encoders.load_text_encoder1(path, dtype=dtype, device=device, fp8=options.fp8_llm)
+        return TextEncoder(tokenizer, model)
+    if component == "text_encoder2":
+        path = _required(options, "text_encoder2", "the CLIP text encoder")
+        tokenizer = encoders.load_tokenizer2(options.tokenizer2, path)
+        return TextEncoder(tokenizer, encoders.load_text_encoder2(path, dtype=dtype, device=device))
+    raise ConfigError(f"FramePack has no component {component!r}")
+
+
+def file_identity(path: Path | None) -> str:
+    """Path, size and mtime of a weights file or of every file of a snapshot directory."""
+    if path is None:
+        return "-"
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return ";".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files if p.exists())

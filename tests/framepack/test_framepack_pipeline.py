@@ -1,0 +1,179 @@
+"""FramePack end to end on tiny random models saved in the real formats: cache-latents, cache-text, train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from tuner_cli.parser import build_command_options
+from tuner_core import ConfigError
+from tuner_core.commands import COMMAND_OPTIONS
+from tuner_core.commands.run import run_command
+from tuner_core.media.write import write_video
+from tuner_core.plugins import make_plugin_manager
+from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+from tuner_framepack.testing.tiny_encoders import (
+    TINY_CLIP_SHAPE,
+    TINY_LLAMA_SHAPE,
+    TINY_SIGLIP_SHAPE,
+    save_tiny_encoder_kit,
+)
+from tuner_toy.sample_data import square_video
+
+
+def run(command, values):
+    plugins = make_plugin_manager()
+    arch = plugins.architecture("framepack")
+    core, own = build_command_options(command, COMMAND_OPTIONS[command], arch, values, {}, None)
+    return run_command(command, core, own, architecture=arch, plugins=plugins)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("framepack")
+    kit = save_tiny_encoder_kit(root / "encoders")
+    config = tiny_dit_config(
+        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
+        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
+        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
+    )
+    dit = save_tiny_dit_diffusers(root / "dit", config=config).shards[0]  # with config.json beside it
+    videos = root / "videos"
+    videos.mkdir()
+    for name, frames in (("walk", 37), ("long", 73), ("short", 21)):
+        write_video(videos / f"{name}.mp4", square_video((200, 50, 50), (1, 0), frames=frames, size=64), 30)
+        (videos / f"{name}.txt").write_text(f"a red square, {name} clip")
+    dataset = root / "dataset.toml"
+    dataset.write_text(
+        f"[general]\nresolution = [64, 64]\ncaption_extension = '.txt'\n"
+        f"[[datasets]]\nvideo_directory = '{videos}'\ncache_directory = '{root / 'cache'}'\n"
+        "frame_extraction = 'full'\nmax_frames = 145\n"
+    )
+    return {
+        "root": root,
+        "dataset": dataset,
+        "dit": dit,
+        "vae": kit.vae.snapshot,
+        "image_encoder": kit.image_encoder.comfy_file,
+        "text_encoder1": kit.text_encoder1.first_shard,
+        "text_encoder2": kit.text_encoder2.comfy_file,
+        "tokenizer2": kit.text_encoder2.tokenizer_dir,  # Comfy's file ships no tokenizer
+        "cache": root / "cache",
+    }
+
+
+@pytest.fixture(scope="module")
+def cached(workspace):
+    latents = run(
+        "cache-latents",
+        {
+            "dataset_config": workspace["dataset"],
+            "vae": workspace["vae"],
+            "image_encoder": workspace["image_encoder"],
+        },
+    )
+    text = run(
+        "cache-text",
+        {
+            "dataset_config": workspace["dataset"],
+            "text_encoder1": workspace["text_encoder1"],
+            "text_encoder2": workspace["text_encoder2"],
+            "tokenizer2": workspace["tokenizer2"],
+        },
+    )
+    return latents, text
+
+
+def test_section_caches_have_the_reference_names_keys_and_shapes(workspace, cached):
+    latents, text = cached
+    assert latents.counts["encoded"] == 2 and latents.counts["skipped"] == 1  # 21 frames < one section (37)
+    names = sorted(p.name for p in workspace["cache"].glob("*_fp.safetensors"))
+    assert names == [
+        "long_00000-073-0000_0064x0064_fp.safetensors",
+        "long_00000-073-0001_0064x0064_fp.safetensors",
+        "walk_00000-037-0000_0064x0064_fp.safetensors",
+    ]
+    with safe_open(str(workspace["cache"] / names[0]), "pt") as handle:
+        keys = set(handle.keys())
+        meta = handle.metadata()
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
+    assert keys == {
+        "latents_9x8x8_float16",
+        "latents_clean_9x8x8_float16",
+        "latents_clean_2x_9x8x8_float16",
+        "latents_clean_4x_9x8x8_float16",
+        "image_embeddings_float16",
+        "latent_indices_int64",
+        "clean_latent_indices_int64",
+        "clean_latent_2x_indices_int64",
+        "clean_latent_4x_indices_int64",
+    }
+    assert shapes["latents_9x8x8_float16"] == (16, 9, 8, 8)
+    assert shapes["latents_clean_4x_9x8x8_float16"] == (16, 16, 8, 8)
+    assert shapes["image_embeddings_float16"] == (16, TINY_SIGLIP_SHAPE["hidden_size"])  # 56/14 = 4x4 patches
+    assert (
+        meta["architecture"] == "framepack"
+        and meta["format_version"] == "1.0.1"
+        and meta["frame_count"] == "73"
+    )
+    assert text.counts["encoded"] == 2
+    with safe_open(str(workspace["cache"] / "walk_fp_te.safetensors"), "pt") as handle:
+        shapes = {
+            k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
+            for k in handle.keys()
+        }
+        assert handle.metadata()["caption1"] == "a red square, walk clip"
+    assert shapes == {
+        "llama_vec_float16": ((512, TINY_LLAMA_SHAPE["hidden_size"]), "F16"),
+        "llama_attention_mask": ((512,), "BOOL"),
+        "clip_l_pooler_float16": ((TINY_CLIP_SHAPE["hidden_size"],), "F16"),
+    }
+
+
+def test_lora_training_on_the_caches(workspace, cached, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "train",
+        {
+            "dataset_config": workspace["dataset"],
+            "dit": workspace["dit"],
+            "output_dir": out,
+            "output_name": "fp-lora",
+            "network_module": "networks.lora_framepack",
+            "network_dim": 4,
+            "max_train_steps": 2,
+            "learning_rate": 1e-3,
+            "seed": 0,
+            "max_data_loader_n_workers": 0,
+            "timestep_sampling": "shift",
+            "discrete_flow_shift": 3.0,
+            "gradient_checkpointing": True,
+        },
+    )
+    assert result.counts["steps"] == 2
+    with safe_open(str(out / "fp-lora.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+        meta = handle.metadata()
+    modules = {k.rsplit(".", 2)[0] for k in keys if k.endswith("lora_down.weight")}
+    assert len(modules) == 2 * 12 + 2 * 5  # 12 per double block, 5 per single block, as the reference
+    assert "lora_unet_transformer_blocks_0_attn_to_q" in modules
+    assert "lora_unet_single_transformer_blocks_1_proj_out" in modules
+    assert not any("norm" in m for m in modules)
+    assert meta["ss_base_model_version"] == "framepack" and meta["modelspec.architecture"] == "framepack/lora"
+
+
+def test_window_size_mismatch_between_cache_and_training_is_a_clear_error(workspace, cached, tmp_path):
+    with pytest.raises(ConfigError, match=r"walk_00000-037-0000_0064x0064_fp.safetensors.*9.*5|5.*9"):
+        run(
+            "train",
+            {
+                "dataset_config": workspace["dataset"],
+                "dit": workspace["dit"],
+                "output_dir": tmp_path,
+                "latent_window_size": 5,
+                "max_train_steps": 1,
+                "max_data_loader_n_workers": 0,
+            },
+        )
