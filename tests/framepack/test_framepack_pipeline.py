@@ -122,7 +122,7 @@ def test_section_caches_have_the_reference_names_keys_and_shapes(workspace, cach
     with safe_open(str(workspace["cache"] / "walk_fp_te.safetensors"), "pt") as handle:
         shapes = {
             k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
-            for k in handle.keys()
+            for k in handle.keys()  # noqa: SIM118 - safe_open is not iterable
         }
         assert handle.metadata()["caption1"] == "a red square, walk clip"
     assert shapes == {
