@@ -158,11 +158,12 @@ class Architecture:
         raise NotImplementedError(f"{type(self).__name__} does not implement batch_item()")
 
     def validate_cache(
-        self, path: Path, header: Mapping[str, tuple[str, tuple[int, ...]]], options: Any
+        self, path: Path, header: Mapping[str, tuple[str, tuple[int, ...]]], options: Any, dataset_options: Any
     ) -> None:
         """Check that a latent cache fits the training options (raise ``ConfigError`` naming the file if not).
 
         :param header: ``{tensor name: (dtype, shape)}`` of the cache file.
+        :param dataset_options: the architecture's keys of the cache's dataset table (or ``None``).
         """
 
     def predict(

@@ -241,3 +241,83 @@ def test_sharded_save_writes_a_consistent_index(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries
     with pytest.raises(ValueError, match="num_shards"):
         save_sharded_safetensors(state, tmp_path, num_shards=len(state) + 1)
+
+
+# -- the safetensors reader ---------------------------------------------------------------------------------
+
+
+def test_reader_round_trips_every_dtype(tmp_path):
+    tensors = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "f16": torch.randn(4).to(torch.float16),
+        "f64": torch.randn(2, 2, dtype=torch.float64),
+        "fp8": torch.randn(7).to(torch.float8_e4m3fn),
+        "bool": torch.tensor([True, False, True]),
+        "i64": torch.arange(5),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+    }
+    save_file(tensors, str(tmp_path / "all.safetensors"), metadata={"format": "pt"})
+    with open_checkpoint(tmp_path / "all.safetensors") as source:
+        assert source.metadata() == {"format": "pt"}
+        assert source.infos()["bf16"].dtype == "bfloat16" and source.infos()["bf16"].shape == (3, 5)
+        for key, value in tensors.items():
+            read = source.get(key)
+            assert read.dtype == value.dtype and read.shape == value.shape
+            assert torch.equal(read.reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8))
+
+
+def test_truncated_file_is_detected_up_front(tmp_path):
+    path = save_safetensors(toy_state(), tmp_path / "cut.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        open_checkpoint(path)
+    path.write_bytes(b"\xff" * 8 + data[8:])
+    with pytest.raises(ModelLoadError, match="header length"):
+        open_checkpoint(path)
+
+
+MEMORY_SCRIPT = """
+import sys, torch
+from torch import nn
+from tuner_core.weights import load_into_model, open_checkpoint
+
+def status_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+width, blocks = int(sys.argv[2]), int(sys.argv[3])
+with torch.device("meta"):
+    model = nn.Sequential(*[nn.Linear(width, width) for _ in range(blocks)])
+torch.ones(1)  # initialise torch's allocator before the baseline
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the peak resident size (VmHWM) so import-time peaks do not count
+before = status_kib("VmRSS")
+with open_checkpoint(sys.argv[1]) as source:
+    load_into_model(model, source)
+print((status_kib("VmHWM") - before) * 1024)
+"""
+
+
+def test_loading_needs_about_one_model_size_of_memory(tmp_path):
+    import subprocess
+    import sys
+
+    width, blocks = 1024, 24  # 24 x 4 MiB = 96 MiB of weights
+    state = {f"{i}.weight": torch.randn(width, width) for i in range(blocks)}
+    state.update({f"{i}.bias": torch.randn(width) for i in range(blocks)})
+    path = save_safetensors(state, tmp_path / "big.safetensors")
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    del state
+    script = tmp_path / "measure.py"
+    script.write_text(MEMORY_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), str(width), str(blocks)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grown = int(result.stdout)
+    assert grown < 1.2 * size, f"loading {size / 2**20:.0f} MiB grew the process by {grown / 2**20:.0f} MiB"
