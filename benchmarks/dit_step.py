@@ -7,11 +7,12 @@ Method:
 - Every measurement runs in a fresh subprocess (``--worker``), so neither implementation inherits the other's
   allocator state or caches; the parent alternates the order of the two implementations every round and
   reports the median over rounds of each worker's median step time.
-- Peak memory is measured after one warm-up step, in two ways: ``tensor peak`` is the highest total of
-  tensor bytes allocated during a step on top of what existed before it (weights, inputs), from the PyTorch
-  profiler's memory timeline; ``RSS delta`` is the kernel's peak resident set size during a step (``VmHWM``
-  after resetting it through ``/proc/self/clear_refs``) minus the resident size before it, which also counts
-  allocator slack. The memory ratio uses the tensor peak; the RSS ratio is printed beside it.
+- Peak memory is measured in two ways. ``tensor peak``: the highest total of tensor bytes allocated during a
+  step on top of what existed before it (weights, inputs), from the PyTorch profiler's memory timeline of
+  the second step; this is exact and is what the memory ratio uses. ``RSS delta``: the kernel's peak
+  resident set size during the first (cold) step (``VmHWM`` after resetting it through
+  ``/proc/self/clear_refs``) minus the resident size before it; it also counts allocator slack and one-time
+  initialisation, so it is printed for reference only.
 - Shapes: ``small`` is the tiny test config (dim 64) on a 3-frame 12x10 latent; ``window9`` is a dim-256
   2+2-block config on a FramePack training section (9 noisy frames at 32x32 latents, clean 1x/2x/4x history,
   729 SigLIP tokens, 512 text tokens of which 120 are valid); ``window9-b2`` is the same at batch 2 with
@@ -154,9 +155,10 @@ def worker(impl: str, case: str, steps: int, threads: int) -> dict:
         forward().square().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up: one-time initialisations (kernels, allocator pools) are not what we compare
+    # the first (cold) step for RSS: afterwards the allocator reuses freed pages and RSS barely moves
     rss_delta = _rss_peak_delta(step)
     peak = _profiled_peak(step)
+    step()  # warm-up of the timed steps
     times = []
     for _ in range(steps):
         start = time.perf_counter()

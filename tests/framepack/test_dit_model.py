@@ -187,3 +187,13 @@ def test_builds_on_meta_without_memory():
     with torch.device("meta"):
         meta = HunyuanVideoTransformer3DModelPacked(CONFIG)
     assert all(p.is_meta for p in meta.parameters())
+
+
+def test_rms_norm_backward_is_exact():
+    from tuner_framepack.dit.layers import RMSNorm
+
+    norm = RMSNorm(8).double()
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(8, dtype=torch.float64))
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(norm, (x,))

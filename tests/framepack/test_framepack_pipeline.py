@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from tuner_cli.parser import build_command_options
@@ -177,3 +178,40 @@ def test_window_size_mismatch_between_cache_and_training_is_a_clear_error(worksp
                 "max_data_loader_n_workers": 0,
             },
         )
+
+
+def test_section_caches_put_together_are_the_clip_latents_and_decode_like_it(workspace, cached):
+    from safetensors.torch import load_file
+
+    from tuner_core.config.dataset import load_dataset_config
+    from tuner_core.data.discovery import discover_items
+    from tuner_core.data.loader import load_sample
+    from tuner_framepack.architecture import FramePackArchitecture
+    from tuner_framepack.caching import _pixels, posterior_generator
+    from tuner_framepack.encoders import load_vae, vae_decode, vae_encode
+
+    arch = FramePackArchitecture()
+    (settings,) = load_dataset_config(workspace["dataset"], arch.dataset_options).datasets
+    item = next(i for i in discover_items(settings, arch.media).items if i.stem == "long")
+    sample = load_sample(item, arch.media)
+    vae = load_vae(workspace["vae"], dtype=torch.float32)
+    direct = vae_encode(vae, _pixels(sample.pixels), posterior_generator(item, vae))[
+        0
+    ]  # 73 frames -> 19 latents
+
+    sections = [
+        load_file(str(workspace["cache"] / f"long_00000-073-000{i}_0064x0064_fp.safetensors")) for i in (0, 1)
+    ]
+    first = sections[0]["latents_clean_9x8x8_float16"][:, :1]  # the clip's frame-0 latent is clean latent 0
+    targets = [s["latents_9x8x8_float16"] for s in sections]
+    assembled = torch.cat([first, *targets], dim=1).float()
+    assert assembled.shape == direct.shape == (16, 19, 8, 8)
+    assert torch.allclose(assembled, direct.half().float())  # the caches are the clip's latents (fp16-stored)
+
+    source = _pixels(sample.pixels)[0]
+    from_cache = vae_decode(vae, assembled[None])[0].clamp(-1, 1)
+    from_direct = vae_decode(vae, direct[None])[0].clamp(-1, 1)
+    vae_error = (from_direct - source).abs().mean()
+    assert (
+        abs((from_cache - source).abs().mean() - vae_error) < 0.01 * vae_error + 1e-3
+    )  # within the VAE's own error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,14 @@ def window_size(item: MediaItem, options: Any) -> int:
     """The item's dataset ``fp_latent_window_size``, else ``--latent_window_size`` (9)."""
     own = getattr(item.dataset_options, "fp_latent_window_size", None)
     return own if own is not None else getattr(options, "latent_window_size", 9)
+
+
+def posterior_generator(item: MediaItem, vae: torch.nn.Module) -> torch.Generator:
+    """The generator the VAE posterior of ``item`` is sampled with: seeded from the clip, so caching the same
+    clip twice writes the same latents (the reference draws from the global RNG)."""
+    key = f"{item.stem}:{item.frame_position}:{item.frame_count}:{item.bucket}".encode()
+    device = next(vae.parameters()).device
+    return torch.Generator(device=device).manual_seed(zlib.crc32(key))
 
 
 def _pixels(frames: np.ndarray) -> torch.Tensor:
@@ -43,7 +52,10 @@ def encode_latents(
             )
         window = window_size(item, options)
         plan = plan_sections(item.frame_count, window)
-        latents = vae_encode(vae, _pixels(sample.pixels[: plan.aligned_frame_count]))[0].float().cpu()
+        latents = vae_encode(
+            vae, _pixels(sample.pixels[: plan.aligned_frame_count]), posterior_generator(item, vae)
+        )
+        latents = latents[0].float().cpu()
         image_embeddings = encode_image(sample.pixels[0], image_encoder)[0].float().cpu()
         sections = clip_sections(latents, window, f1=getattr(options, "f1", False))
         records.append([cache_format.section_record(item, s, image_embeddings) for s in sections])

@@ -10,6 +10,36 @@ from torch import nn
 NORM_EPS = 1e-6
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward that keeps only the input and the per-row scale.
+
+    Autograd through the plain expression would also keep the normalised tensor (as large as the input)
+    for the weight's gradient; here it is recomputed from the input, which is cheaper than storing it.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, eps: float):
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least
+        rstd = torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return (x32 * rstd).to(x.dtype) * weight.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor):
+        x, rstd, weight = ctx.saved_tensors
+        normed = x.to(rstd.dtype) * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad.to(rstd.dtype) * normed).flatten(0, -2).sum(dim=0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_normed = (grad * weight.to(grad.dtype)).to(rstd.dtype)
+            # d/dx of x * rstd(x): rstd * (g - normed * mean(g * normed))
+            dot = (grad_normed * normed).mean(dim=-1, keepdim=True)
+            grad_x = ((grad_normed - normed * dot) * rstd).to(x.dtype)
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     """Per-head RMSNorm of queries and keys.
 
@@ -25,9 +55,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``x``."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight.to(x.dtype)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 class AdaModulation(nn.Module):
