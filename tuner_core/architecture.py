@@ -158,7 +158,11 @@ class Architecture:
         raise NotImplementedError(f"{type(self).__name__} does not implement batch_item()")
 
     def validate_cache(
-        self, path: Path, header: Mapping[str, tuple[str, tuple[int, ...]]], options: Any, dataset_options: Any
+        self,
+        path: Path,
+        header: Mapping[str, tuple[str, tuple[int, ...]]],
+        options: Any,
+        dataset_options: Any,
     ) -> None:
         """Check that a latent cache fits the training options (raise ``ConfigError`` naming the file if not).
 

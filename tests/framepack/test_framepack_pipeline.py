@@ -215,3 +215,23 @@ def test_section_caches_put_together_are_the_clip_latents_and_decode_like_it(wor
     assert (
         abs((from_cache - source).abs().mean() - vae_error) < 0.01 * vae_error + 1e-3
     )  # within the VAE's own error
+
+
+def test_sampling_during_training_is_refused_up_front(workspace, cached, tmp_path):
+    from tuner_core import NotAvailableError
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat --i start.png --f 37\n")
+    with pytest.raises(NotAvailableError, match="cannot generate samples yet"):
+        run(
+            "train",
+            {
+                "dataset_config": workspace["dataset"],
+                "dit": workspace["dit"],
+                "output_dir": tmp_path,
+                "sample_prompts": prompts,
+                "max_train_steps": 1,
+                "max_data_loader_n_workers": 0,
+            },
+        )
+    assert not (tmp_path / "last.safetensors").exists()

@@ -73,6 +73,10 @@ def run_generate(
 ) -> CommandResult:
     """Generate one video (or save the LoRA-merged model) and report the written files."""
     combined = CommandOptions(options, arch_options)
+    if type(architecture).sample is Architecture.sample and options.save_merged_model is None:
+        raise NotAvailableError(
+            f"tuner generate --arch {architecture.name}: this architecture cannot sample yet"
+        )
     if options.latent_path or options.output_type not in ("video", "images"):
         raise NotAvailableError(
             "--latent_path and latent --output_type values are not implemented yet; use video or images"

@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
+from tuner_core.errors import NotAvailableError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
@@ -60,6 +61,10 @@ class TrainingSampler:
         core = options.core
         requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
         if requests:
+            if type(architecture).sample is Architecture.sample:  # fail now, not hours into the run
+                raise NotAvailableError(
+                    f"--sample_prompts: --arch {architecture.name} cannot generate samples yet; train without them"
+                )
             architecture.sample_components(options)  # raises a clear error for missing encoder options
         elif core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first:
             log.warning("sampling was asked for but --sample_prompts is not given; no samples will be made")
