@@ -146,6 +146,19 @@ def test_missing_and_unexpected_keys_name_the_file(saved, tmp_path):
     assert "1 unexpected" in message and "transformer_blocks.0.attn.extra.weight" in message
 
 
+def test_pickled_checkpoint_loads_without_executing_code(saved, tmp_path):
+    state, _, _, _ = saved
+    path = tmp_path / "framepack.pt"
+    torch.save({"state_dict": {"model." + k: v for k, v in state.items()}}, path)
+    from tuner_core.weights import open_checkpoint
+
+    with open_checkpoint(path, prefix="model.") as source:
+        assert set(source.infos()) == set(state)
+    torch.save(state, path)
+    model = load_dit(path, config={"rope_axes_dim": (8, 12, 12)})
+    assert_same_weights(model, state)
+
+
 def test_config_json_of_another_model_is_ignored(saved, tmp_path):
     _, _, single, _ = saved
     (tmp_path / single.name).write_bytes(single.read_bytes())

@@ -21,14 +21,13 @@ from typing import Any
 import attrs
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate.utils import ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from tuner_core.architecture import Architecture
 from tuner_core.config.dataset import load_dataset_config
 from tuner_core.errors import ConfigError
 from tuner_core.plugins import Plugins
-from tuner_core.training import checkpoints
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
     EpochBatchSampler,
@@ -37,17 +36,16 @@ from tuner_core.training.cached_data import (
     stack_batch,
 )
 from tuner_core.training.lr_schedulers import build_lr_scheduler
-from tuner_core.training.metadata import model_hashes, progress_metadata, training_metadata
-from tuner_core.training.model_setup import PreparedModel, prepare_model
+from tuner_core.training.metadata import training_metadata
+from tuner_core.training.model_setup import prepare_model
 from tuner_core.training.optimizers import build_optimizer
 from tuner_core.training.progress import Progress
 from tuner_core.training.run import TrainingRun
 from tuner_core.training.sampling import TrainingSampler
+from tuner_core.training.saving import Saver, register_state_hooks
 from tuner_core.training.timesteps import TimestepSampler
 
 log = logging.getLogger(__name__)
-
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 @attrs.define
@@ -168,7 +166,7 @@ def train(
     counters = Counters()
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(counters)
-    _register_state_hooks(accelerator, prepared)
+    register_state_hooks(accelerator, prepared)
     if core.resume is not None:
         if not core.resume.is_dir():
             raise ConfigError(f"--resume {core.resume} is not a state directory")
@@ -222,7 +220,7 @@ def train(
         model_name=str(getattr(options, architecture.trained_component, "") or ""),
         title=core.output_name,
     )
-    saver = _Saver(accelerator, step_module, prepared, core, metadata, plugins, run)
+    saver = Saver(accelerator, step_module, prepared, core, metadata, plugins, run)
     sampling = TrainingSampler.create(options, architecture, plugins, accelerator, prepared)
     if core.logging_dir:
         accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
@@ -322,131 +320,3 @@ def _loss(
         prediction = step_module(batch, noisy.noisy_latents, noisy.timesteps)
     target = architecture.training_target(latents, noisy.noise)
     return plugins.compute_loss(architecture, prediction, target, noisy.sigmas, batch, options.core)
-
-
-def _register_state_hooks(accelerator: Accelerator, prepared: PreparedModel) -> None:
-    """State directories hold only the trainable weights, never the frozen base model."""
-    from safetensors.torch import load_file
-
-    from tuner_core.cache.store import atomic_write_safetensors
-
-    def save_hook(models: list[torch.nn.Module], weights: list[Any], output_dir: str) -> None:
-        if accelerator.is_main_process:
-            atomic_write_safetensors(
-                Path(output_dir) / TRAINABLE_FILE, prepared.step.trainable_state_dict(), {}
-            )
-        weights.clear()
-
-    def load_hook(models: list[torch.nn.Module], input_dir: str) -> None:
-        path = Path(input_dir) / TRAINABLE_FILE
-        if not path.is_file():
-            raise ConfigError(
-                f"--resume {input_dir} holds no {TRAINABLE_FILE}; is it a tuner state directory?"
-            )
-        prepared.step.load_trainable_state_dict(load_file(str(path)))
-        models.clear()
-
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return  # they save and load their sharded model states themselves
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-@attrs.frozen
-class _Saved:
-    weights: Path | None
-    state: Path | None
-
-
-class _Saver:
-    """Writes weights and states at the configured points and prunes old ones."""
-
-    def __init__(
-        self,
-        accelerator: Accelerator,
-        step_module: torch.nn.Module,
-        prepared: PreparedModel,
-        core: Any,
-        metadata: dict[str, str],
-        plugins: Plugins,
-        run: TrainingRun,
-    ) -> None:
-        self.accelerator = accelerator
-        self.step_module = step_module
-        self.prepared = prepared
-        self.core = core
-        self.metadata = metadata
-        self.plugins = plugins
-        self.run = run
-
-    def _trainable_tensors(self) -> dict[str, torch.Tensor]:
-        """The trainable weights; under FSDP / DeepSpeed gathered from every process (all must call this)."""
-        if self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            return self.prepared.step.trainable_state_dict()
-        full = self.accelerator.get_state_dict(self.step_module)
-        # The network's module names are its saved names (lora_unet_...); the denoiser's are its own.
-        prefix = "network." if self.prepared.network_type is not None else "model."
-        return {k[len(prefix) :]: v for k, v in (full or {}).items() if k.startswith(prefix)}
-
-    def _weights(self, name: str, *, epoch: int, steps: int, finished: bool) -> Path | None:
-        tensors = self._trainable_tensors()
-        if not self.accelerator.is_main_process:
-            return None
-        path = self.core.output_dir / name
-        meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
-        if self.prepared.network_type is not None and not self.core.no_metadata:
-            meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
-        checkpoints.save_weights(path, tensors, meta, self.core.save_precision)
-        self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")
-        log.info("saved %s", path)
-        return path
-
-    def _state(self, name: str) -> Path:
-        final = self.core.output_dir / name
-        temp = final.with_name(f".{final.name}.tmp")
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(temp))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            checkpoints.commit_directory(temp, final)
-            self.plugins.hook.tuner_on_save(run=self.run, path=final, kind="state")
-            log.info("saved state %s", final)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def save(self, *, counters: Counters, epoch: int, step: int | None = None) -> None:
-        """An intermediate save: per step (``step`` given) or per epoch."""
-        core = self.core
-        by_step = step is not None
-        names = {"step": step} if by_step else {"epoch": epoch}
-        self._weights(
-            checkpoints.weights_name(core.output_name, **names),
-            epoch=epoch,
-            steps=counters.global_step,
-            finished=False,
-        )
-        if core.save_state:
-            self._state(checkpoints.state_name(core.output_name, **names))
-        if self.accelerator.is_main_process:
-            kind = "step" if by_step else "epoch"
-            keep = core.save_last_n_steps if by_step else core.save_last_n_epochs
-            keep_state = core.save_last_n_steps_state if by_step else core.save_last_n_epochs_state
-            if by_step and keep and core.save_every_n_steps:
-                keep = max(keep // core.save_every_n_steps, 1)
-            if by_step and keep_state and core.save_every_n_steps:
-                keep_state = max(keep_state // core.save_every_n_steps, 1)
-            checkpoints.prune(core.output_dir, core.output_name, kind=kind, keep=keep, state=False)
-            checkpoints.prune(
-                core.output_dir, core.output_name, kind=kind, keep=keep_state or keep, state=True
-            )
-
-    def save_final(self, *, counters: Counters, epoch: int) -> _Saved:
-        """The final weights (and state, with ``--save_state`` or ``--save_state_on_train_end``)."""
-        core = self.core
-        weights = self._weights(
-            checkpoints.weights_name(core.output_name), epoch=epoch, steps=counters.global_step, finished=True
-        )
-        state = None
-        if core.save_state or core.save_state_on_train_end:
-            state = self._state(checkpoints.state_name(core.output_name))
-        return _Saved(weights, state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tuner_framepack.dit.rope import pad_to_multiple, rope_tokens
@@ -30,11 +31,24 @@ class HistoryPatchEmbed(nn.Module):
         self.proj_4x = nn.Conv3d(in_channels, dim, kernel_size=KERNELS["4x"], stride=KERNELS["4x"])
 
     def forward(self, latents: torch.Tensor, group: str) -> torch.Tensor:
-        """Tokens ``(B, N, dim)`` (a transposed view) of one history group (``"clean"``, ``"2x"``, ``"4x"``)."""
-        conv = {"clean": self.proj, "2x": self.proj_2x, "4x": self.proj_4x}[group]
-        if group != "clean":
-            latents = pad_to_multiple(latents, KERNELS[group])
-        return conv(latents).flatten(2).transpose(1, 2)
+        """Tokens ``(B, N, dim)`` of one history group (``"clean"``, ``"2x"``, ``"4x"``), (t, h, w) raster order."""
+        if group == "clean":
+            return self.proj(latents).flatten(2).transpose(1, 2)
+        conv = self.proj_2x if group == "2x" else self.proj_4x
+        return patchify_linear(pad_to_multiple(latents, KERNELS[group]), conv)
+
+
+def patchify_linear(latents: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """A Conv3d whose stride equals its kernel, computed as one matmul over the non-overlapping patches.
+
+    Same result as ``conv(latents)`` flattened to tokens; for the large 2x/4x kernels the CPU convolution
+    falls back to a slow path, while a patch matmul stays fast on every device.
+    """
+    batch, channels, frames, height, width = latents.shape
+    kt, kh, kw = conv.kernel_size
+    patches = latents.reshape(batch, channels, frames // kt, kt, height // kh, kh, width // kw, kw)
+    patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(batch, -1, channels * kt * kh * kw)
+    return F.linear(patches, conv.weight.flatten(1), conv.bias)
 
 
 @attrs.frozen
