@@ -16,7 +16,8 @@ Method:
 - Shapes: ``small`` is the tiny test config (dim 64) on a 3-frame 12x10 latent; ``window9`` is a dim-256
   2+2-block config on a FramePack training section (9 noisy frames at 32x32 latents, clean 1x/2x/4x history,
   729 SigLIP tokens, 512 text tokens of which 120 are valid); ``window9-b2`` is the same at batch 2 with
-  120 and 80 valid text tokens.
+  120 and 80 valid text tokens; ``window9-hd128`` has the real model's 128-wide heads and RoPE split on
+  24x24 latents, which gives the real 13B model's ratio of attention to matrix-multiply work at 640x640.
 
 Only timings are printed; nothing is asserted. Run: ``python benchmarks/dit_step.py [--rounds 3] [--cases ...]``.
 The machine should be otherwise idle; rerun when the per-round figures disagree.
@@ -32,7 +33,7 @@ import sys
 import time
 
 IMPLEMENTATIONS = ("tuner", "diffusers")
-CASES = ("small", "window9", "window9-b2")
+CASES = ("small", "window9", "window9-b2", "window9-hd128")
 
 
 def _case(name: str) -> tuple[object, dict]:
@@ -42,6 +43,29 @@ def _case(name: str) -> tuple[object, dict]:
     if name == "small":
         config = tiny_dit_config()
         return config, tiny_dit_inputs(config, batch=1, text_lengths=(9,))
+    if name == "window9-hd128":
+        # The real model's head size and RoPE split, with the real 13B model's balance of attention and
+        # matrix-multiply work at 640x640 (sequence / (6 * width) ~= 1; the other window-9 cases are ~2.5,
+        # i.e. dominated by the attention kernel both implementations share).
+        config = tiny_dit_config(
+            num_attention_heads=4,
+            attention_head_dim=128,
+            rope_axes_dim=(16, 56, 56),
+            text_embed_dim=256,
+            pooled_projection_dim=64,
+            image_proj_dim=96,
+        )
+        inputs = tiny_dit_inputs(
+            config,
+            batch=1,
+            frames=9,
+            height=24,
+            width=24,
+            text_len=512,
+            text_lengths=(120,),
+            image_tokens=729,
+        )
+        return config, inputs
     config = tiny_dit_config(
         num_attention_heads=4,
         attention_head_dim=64,
