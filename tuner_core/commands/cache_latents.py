@@ -15,30 +15,19 @@ from tuner_core.cache.store import (
     CacheStatus,
     fingerprint,
     remove_orphans,
-    remove_temp_files,
     source_identity,
     status,
     write_record,
 )
+from tuner_core.commands.cache_run import REUSABLE, CacheRun
 from tuner_core.commands.result import CommandResult
-from tuner_core.config.dataset import load_dataset_config
 from tuner_core.data.batches import caching_batches
-from tuner_core.data.discovery import discover_items
 from tuner_core.data.items import MediaItem, MediaSample
 from tuner_core.data.loader import load_sample
 from tuner_core.errors import DataError
-from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
 log = logging.getLogger(__name__)
-REUSABLE = (CacheStatus.FRESH, CacheStatus.FOREIGN)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``--device``, or cuda when available, else cpu."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def item_fingerprint(item: MediaItem, architecture: Architecture, identity: str) -> str:
@@ -72,17 +61,10 @@ def cache_latents(
     options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
 ) -> CommandResult:
     """Encode every item of ``options.dataset_config`` into latent caches; returns counts."""
-    combined = CommandOptions(options, arch_options)
-    config = load_dataset_config(options.dataset_config, architecture.dataset_options)
-    device = resolve_device(options.device)
-    identity = architecture.cache_identity("cache-latents", combined)
-    counts = {"encoded": 0, "up to date": 0, "skipped": 0, "removed": 0}
-
+    run = CacheRun.start("cache-latents", options, arch_options, architecture)
+    combined, identity, counts = run.options, run.identity, run.counts
     plans = []
-    for ds in config.datasets:
-        found = discover_items(ds, architecture.media)
-        counts["skipped"] += len(found.skipped)
-        remove_temp_files(ds.cache_directory)
+    for ds, found in run.discovered():
         expected: set[str] = set()
         todo = []
         for item in found.items:
@@ -105,10 +87,7 @@ def cache_latents(
 
     total = sum(len(todo) for _, todo, _ in plans)
     if total:
-        models = {
-            c: plugins.load_model(architecture, c, combined, device)
-            for c in architecture.components("cache-latents", combined)
-        }
+        models = run.load_models(plugins)
         workers = options.num_workers if options.num_workers is not None else min(8, torch.get_num_threads())
         with (
             ThreadPoolExecutor(max(workers, 1)) as pool,

@@ -15,15 +15,11 @@ from tuner_core.cache.store import (
     CacheStatus,
     fingerprint,
     remove_orphans,
-    remove_temp_files,
     status,
     write_record,
 )
-from tuner_core.commands.cache_latents import REUSABLE, resolve_device
+from tuner_core.commands.cache_run import REUSABLE, CacheRun
 from tuner_core.commands.result import CommandResult
-from tuner_core.config.dataset import load_dataset_config
-from tuner_core.data.discovery import discover_items
-from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
 log = logging.getLogger(__name__)
@@ -33,17 +29,10 @@ def cache_text(
     options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
 ) -> CommandResult:
     """Encode the caption of every item of ``options.dataset_config`` into text caches; returns counts."""
-    combined = CommandOptions(options, arch_options)
-    config = load_dataset_config(options.dataset_config, architecture.dataset_options)
-    device = resolve_device(options.device)
-    identity = architecture.cache_identity("cache-text", combined)
-    counts = {"encoded": 0, "up to date": 0, "skipped": 0, "removed": 0}
-
+    run = CacheRun.start("cache-text", options, arch_options, architecture)
+    combined, identity, counts = run.options, run.identity, run.counts
     plans = []
-    for ds in config.datasets:
-        found = discover_items(ds, architecture.media)
-        counts["skipped"] += len(found.skipped)
-        remove_temp_files(ds.cache_directory)
+    for ds, found in run.discovered():
         captions: dict[str, str] = {}  # one text cache per source: the clips of a video share it
         for item in found.items:
             captions.setdefault(architecture.text_cache_name(item), item.caption)
@@ -68,10 +57,7 @@ def cache_text(
 
     total = sum(len(todo) for _, todo, _ in plans)
     if total:
-        models = {
-            c: plugins.load_model(architecture, c, combined, device)
-            for c in architecture.components("cache-text", combined)
-        }
+        models = run.load_models(plugins)
         with tqdm(total=total, desc="captions", file=sys.stderr, dynamic_ncols=True) as bar:
             for ds, todo, _ in plans:
                 size = options.batch_size or ds.keys.batch_size

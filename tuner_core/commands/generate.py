@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tuner_core.architecture import Architecture
 from tuner_core.cache.store import atomic_write_safetensors
-from tuner_core.commands.cache_latents import resolve_device
+from tuner_core.commands.cache_run import resolve_device
 from tuner_core.commands.result import CommandResult
 from tuner_core.errors import ConfigError, NotAvailableError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video

@@ -26,19 +26,12 @@ import attrs
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from tuner_core.config.train_options import LR_SCHEDULERS
 from tuner_core.errors import ConfigError, NotAvailableError
 from tuner_core.training.optimizers import uses_relative_step
 
 logger = logging.getLogger(__name__)
 
-LR_SCHEDULERS = (
-    "constant",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant_with_warmup",
-)
 DECAYING_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 
 

@@ -47,11 +47,12 @@ from typing import Any
 import attrs
 import torch
 
+from tuner_core.config.train_options import TIMESTEP_SAMPLING
 from tuner_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-TIMESTEP_SAMPLING_MODES = ("sigma", "uniform", "sigmoid", "shift", "flux_shift", "logsnr")
+TIMESTEP_SAMPLING_MODES = TIMESTEP_SAMPLING
 NUM_TRAIN_TIMESTEPS = 1000
 #: Anchors of the FLUX resolution-dependent shift: (tokens, mu) at the low and high end.
 FLUX_SHIFT_LOW = (256, 0.5)
