@@ -189,9 +189,9 @@ class ToyArchitecture(Architecture):
         from tuner_toy.sample_data import make_sample_dataset
 
         dataset = make_sample_dataset(directory / "data")
-        files = make_toy_models(directory / "models")
+        files = make_toy_models(directory / "models", dim=64)
         prompts = directory / "prompts.txt"
-        prompts.write_text("a red square moving right --w 64 --h 64 --f 17 --s 12 --d 7\n", encoding="utf-8")
+        prompts.write_text("a red square moving right --w 64 --h 64 --f 17 --s 25 --d 7\n", encoding="utf-8")
         return {
             "cache-latents": {"dataset_config": dataset, "vae": files.vae},
             "cache-text": {"dataset_config": dataset, "text_encoder": files.text_encoder},
@@ -204,13 +204,15 @@ class ToyArchitecture(Architecture):
                 # The toy starts from random weights, so the demo trains all of it; with a real base
                 # model you would train a LoRA (--network_module lora), as the tests do.
                 "output_name": "toy",
-                "learning_rate": 3e-3,
+                "learning_rate": 2e-3,
                 "lr_scheduler": "cosine",
-                "max_train_epochs": 40,
+                "timestep_sampling": "shift",
+                "discrete_flow_shift": 3.0,
+                "max_train_epochs": 300,
                 "seed": 0,
                 "max_data_loader_n_workers": 0,
                 "sample_prompts": prompts,
-                "sample_every_n_epochs": 20,
+                "sample_every_n_epochs": 150,
             },
             "generate": {
                 "dit": directory / "output" / "toy.safetensors",
@@ -219,6 +221,7 @@ class ToyArchitecture(Architecture):
                 "prompt": "a red square moving right",
                 "video_frames": 17,
                 "seed": 7,
+                "infer_steps": 25,
                 "save_path": directory / "generated",
             },
         }

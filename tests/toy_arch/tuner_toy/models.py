@@ -81,6 +81,24 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def position_embedding(t: int, h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Fixed sinusoidal (frame, row, column) embedding of a (t, h, w) token grid, (t*h*w, dim)."""
+    parts = []
+    side = 2 * (dim // 6)  # even widths: the sinusoid has a cos and a sin half
+    for size, width in ((t, dim - 2 * side), (h, side), (w, side)):
+        positions = torch.arange(size, device=device, dtype=torch.float32)
+        parts.append(timestep_embedding(positions * 100.0, width))  # spread positions over the frequencies
+    grid = torch.cat(
+        [
+            parts[0][:, None, None].expand(t, h, w, -1),
+            parts[1][None, :, None].expand(t, h, w, -1),
+            parts[2][None, None, :].expand(t, h, w, -1),
+        ],
+        dim=-1,
+    )
+    return grid.reshape(t * h * w, dim)
+
+
 class ToyAttention(nn.Module):
     """Joint attention over image tokens and (masked) text tokens."""
 
@@ -150,6 +168,7 @@ class ToyDenoiser(nn.Module):
     ) -> torch.Tensor:
         b, _, t, h, w = hidden_states.shape
         x = self.x_embedder(hidden_states).flatten(2).transpose(1, 2)  # (B, T*h/2*w/2, dim)
+        x = x + position_embedding(t, h // 2, w // 2, x.shape[-1], x.device).to(x.dtype)
         temb = self.time_out(F.silu(self.time_in(timestep_embedding(timestep, 64).to(x.dtype))))
         temb = temb + self.pooled_in(pooled.to(x.dtype))
         context = self.text_in(text.to(x.dtype))
