@@ -16,9 +16,8 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from tuner_core import ModelLoadError
-from tuner_framepack.encoders.identify import CLIP_TEXT, require_model
-from tuner_framepack.encoders.locate import locate_weights, read_config
-from tuner_framepack.encoders.streaming import build_empty, load_weights, open_weights, tensor_shapes
+from tuner_framepack.encoders.identify import CLIP_TEXT
+from tuner_framepack.encoders.tower import TowerSpec, load_tower
 
 TEXT_ENCODER2_SUBFOLDER = "text_encoder_2"
 CLIP_PATTERNS = ("model.safetensors", "model.safetensors.index.json", "model-00001-of-*.safetensors")
@@ -47,12 +46,7 @@ _FOREIGN = re.compile(
 
 def clip_file_name(name: str) -> str | None:
     """File name -> canonical name (without ``text_model.``), or ``None`` for tensors the text tower lacks."""
-    at = name.find(_PREFIX)
-    if at > 0:  # "cond_stage_model.transformer.text_model.x" and the like
-        name = name[at:]
-    if _FOREIGN.search(name):
-        return None
-    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+    return TOWER.file_name(name)
 
 
 def clip_config_from_shapes(shapes: dict[str, tuple[int, ...]], where: str) -> CLIPTextConfig:
@@ -86,6 +80,20 @@ def clip_config_from_shapes(shapes: dict[str, tuple[int, ...]], where: str) -> C
     )
 
 
+TOWER = TowerSpec(
+    kind=CLIP_TEXT,
+    subfolder=TEXT_ENCODER2_SUBFOLDER,
+    patterns=CLIP_PATTERNS,
+    model_types=("clip_text_model",),
+    nested="text_config",
+    prefix=_PREFIX,
+    foreign=_FOREIGN,
+    config_class=CLIPTextConfig,
+    model_class=CLIPTextModel,
+    config_from_shapes=clip_config_from_shapes,
+)
+
+
 def load_text_encoder2(
     path: Path,
     *,
@@ -94,24 +102,4 @@ def load_text_encoder2(
     option: str = "--text_encoder2",
 ) -> CLIPTextModel:
     """Load the CLIP-L text encoder from a Comfy file, the diffusers file, or a snapshot directory."""
-    location = locate_weights(
-        Path(path), subfolder=TEXT_ENCODER2_SUBFOLDER, patterns=CLIP_PATTERNS, option=option
-    )
-    with open_weights(location) as source:
-        require_model(source, CLIP_TEXT, option)
-        config_dict = read_config(location, model_types=("clip_text_model",), nested="text_config")
-        config = (
-            CLIPTextConfig(**config_dict)
-            if config_dict
-            else clip_config_from_shapes(tensor_shapes(source, clip_file_name), source.description)
-        )
-        model = build_empty(lambda: CLIPTextModel(config))
-        # The model's own names may or may not carry "text_model." depending on the transformers version.
-        model_name = {n.removeprefix(_PREFIX): n for n in model.state_dict()}
-
-        def rename(name: str) -> str | None:
-            canonical = clip_file_name(name)
-            return None if canonical is None else model_name.get(canonical, canonical)
-
-        load_weights(model, source, rename, device=device, dtype=dtype, option=option)
-    return model
+    return load_tower(TOWER, path, dtype=dtype, device=device, option=option)

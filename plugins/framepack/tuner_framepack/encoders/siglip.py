@@ -17,9 +17,8 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tuner_core import DataError, ModelLoadError
-from tuner_framepack.encoders.identify import SIGLIP_VISION, require_model
-from tuner_framepack.encoders.locate import locate_weights, read_config
-from tuner_framepack.encoders.streaming import build_empty, load_weights, open_weights, tensor_shapes
+from tuner_framepack.encoders.identify import SIGLIP_VISION
+from tuner_framepack.encoders.tower import TowerSpec, load_tower
 
 try:  # transformers 5 names the PIL-based processor explicitly; 4.x only has this one
     from transformers import SiglipImageProcessorPil as _SiglipProcessor
@@ -47,12 +46,7 @@ _FOREIGN = re.compile(r"(^|\.)(text_model\.|logit_scale$|logit_bias$)|position_i
 
 def siglip_file_name(name: str) -> str | None:
     """File name -> canonical name (without ``vision_model.``), or ``None`` for tensors the tower lacks."""
-    at = name.find(_PREFIX)
-    if at > 0:
-        name = name[at:]
-    if _FOREIGN.search(name):
-        return None
-    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+    return TOWER.file_name(name)
 
 
 def siglip_config_from_shapes(shapes: dict[str, tuple[int, ...]], where: str) -> SiglipVisionConfig:
@@ -88,6 +82,20 @@ def siglip_config_from_shapes(shapes: dict[str, tuple[int, ...]], where: str) ->
     )
 
 
+TOWER = TowerSpec(
+    kind=SIGLIP_VISION,
+    subfolder=IMAGE_ENCODER_SUBFOLDER,
+    patterns=SIGLIP_PATTERNS,
+    model_types=("siglip_vision_model",),
+    nested="vision_config",
+    prefix=_PREFIX,
+    foreign=_FOREIGN,
+    config_class=SiglipVisionConfig,
+    model_class=SiglipVisionModel,
+    config_from_shapes=siglip_config_from_shapes,
+)
+
+
 def load_image_encoder(
     path: Path,
     *,
@@ -96,26 +104,7 @@ def load_image_encoder(
     option: str = "--image_encoder",
 ) -> SiglipVisionModel:
     """Load the SigLIP image encoder from the Comfy file, the flux_redux_bfl file, or its snapshot."""
-    location = locate_weights(
-        Path(path), subfolder=IMAGE_ENCODER_SUBFOLDER, patterns=SIGLIP_PATTERNS, option=option
-    )
-    with open_weights(location) as source:
-        require_model(source, SIGLIP_VISION, option)
-        config_dict = read_config(location, model_types=("siglip_vision_model",), nested="vision_config")
-        config = (
-            SiglipVisionConfig(**config_dict)
-            if config_dict
-            else siglip_config_from_shapes(tensor_shapes(source, siglip_file_name), source.description)
-        )
-        model = build_empty(lambda: SiglipVisionModel(config))
-        model_name = {n.removeprefix(_PREFIX): n for n in model.state_dict()}
-
-        def rename(name: str) -> str | None:
-            canonical = siglip_file_name(name)
-            return None if canonical is None else model_name.get(canonical, canonical)
-
-        load_weights(model, source, rename, device=device, dtype=dtype, option=option)
-    return model
+    return load_tower(TOWER, path, dtype=dtype, device=device, option=option)
 
 
 def siglip_processor(image_encoder: SiglipVisionModel) -> _SiglipProcessor:
