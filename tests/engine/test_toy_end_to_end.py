@@ -221,3 +221,14 @@ def test_mismatched_text_cache_is_skipped(toy, tmp_path, caplog):
     text.unlink()
     run("train", train_values(toy, tmp_path / "out", max_train_steps=1))
     assert "its text cache" in caplog.text and "is missing" in caplog.text
+
+
+def test_memory_options_without_a_strategy_are_refused_not_ignored(toy, tmp_path):
+    from tuner_core import NotAvailableError
+
+    base = {"dit": toy.dit, "vae": toy.vae, "text_encoder": toy.text_encoder, "prompt": "x", "save_path": tmp_path}
+    with pytest.raises(NotAvailableError, match="--fp8_scaled"):
+        run("generate", {**base, "fp8_scaled": True})
+    with pytest.raises(NotAvailableError, match="--blocks_to_swap"):
+        run("train", train_values(toy, tmp_path / "out", blocks_to_swap=2))
+    assert not list(tmp_path.glob("*.mp4"))

@@ -18,7 +18,7 @@ from tuner_core.commands.cache_run import resolve_device
 from tuner_core.commands.result import CommandResult
 from tuner_core.errors import ConfigError, NotAvailableError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
-from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.memory.apply import apply_memory_strategies, check_memory_options
 from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 from tuner_core.training.model_setup import memory_settings
@@ -81,6 +81,8 @@ def run_generate(
         raise NotAvailableError(
             "--latent_path and latent --output_type values are not implemented yet; use video or images"
         )
+    settings = memory_settings(options, training=False)
+    check_memory_options(settings, plugins)
     device = resolve_device(options.device)
     models: dict[str, Any] = {}
     for component in architecture.components("generate", combined):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tuner_core.architecture import Architecture
-from tuner_core.errors import ConfigError, NotAvailableError
-from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.errors import ConfigError
+from tuner_core.memory.apply import apply_memory_strategies, check_memory_options
 from tuner_core.memory.strategy import MemorySettings
 from tuner_core.network import Network, NetworkType
 from tuner_core.plugins import Plugins
@@ -83,30 +83,6 @@ def memory_settings(options: Any, *, training: bool) -> MemorySettings:
     )
 
 
-def _check_supported(settings: MemorySettings, plugins: Plugins) -> None:
-    asked = {
-        "--fp8_base": settings.fp8_base,
-        "--fp8_scaled": settings.fp8_scaled,
-        "--blocks_to_swap": settings.blocks_to_swap > 0,
-    }
-    strategies = plugins.memory_strategies()
-    for flag, wanted in asked.items():
-        if wanted and not any(s.enabled(MemorySettings(**_only(flag, settings))) for s in strategies):
-            raise NotAvailableError(
-                f"{flag}: no memory strategy for it is installed in this version of tuner"
-            )
-
-
-def _only(flag: str, settings: MemorySettings) -> dict[str, Any]:
-    keep = {"--fp8_base": "fp8_base", "--fp8_scaled": "fp8_scaled", "--blocks_to_swap": "blocks_to_swap"}[
-        flag
-    ]
-    values = {"training": settings.training, keep: getattr(settings, keep)}
-    if keep == "fp8_scaled":
-        values["fp8_base"] = True
-    return values
-
-
 def _dim_from_weights(weights: Mapping[str, torch.Tensor]) -> int:
     for key, tensor in weights.items():
         if key.endswith("lora_down.weight"):
@@ -122,7 +98,7 @@ def prepare_model(
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
     core = options.core
     settings = memory_settings(core, training=True)
-    _check_supported(settings, plugins)
+    check_memory_options(settings, plugins)
     model: nn.Module = plugins.load_model(architecture, architecture.trained_component, options, device)
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
