@@ -226,7 +226,13 @@ def test_mismatched_text_cache_is_skipped(toy, tmp_path, caplog):
 def test_memory_options_without_a_strategy_are_refused_not_ignored(toy, tmp_path):
     from tuner_core import NotAvailableError
 
-    base = {"dit": toy.dit, "vae": toy.vae, "text_encoder": toy.text_encoder, "prompt": "x", "save_path": tmp_path}
+    base = {
+        "dit": toy.dit,
+        "vae": toy.vae,
+        "text_encoder": toy.text_encoder,
+        "prompt": "x",
+        "save_path": tmp_path,
+    }
     with pytest.raises(NotAvailableError, match="--fp8_scaled"):
         run("generate", {**base, "fp8_scaled": True})
     with pytest.raises(NotAvailableError, match="--blocks_to_swap"):

@@ -13,7 +13,7 @@ from torch import nn
 
 from tuner_core.architecture import Architecture
 from tuner_core.errors import ConfigError
-from tuner_core.memory.apply import apply_memory_strategies, check_memory_options
+from tuner_core.memory.apply import apply_memory_strategies
 from tuner_core.memory.strategy import MemorySettings
 from tuner_core.network import Network, NetworkType
 from tuner_core.plugins import Plugins
@@ -98,7 +98,6 @@ def prepare_model(
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
     core = options.core
     settings = memory_settings(core, training=True)
-    check_memory_options(settings, plugins)
     model: nn.Module = plugins.load_model(architecture, architecture.trained_component, options, device)
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tuner_core.architecture import Architecture
 from tuner_core.config.dataset import load_dataset_config
 from tuner_core.errors import ConfigError
+from tuner_core.memory.apply import check_memory_options
 from tuner_core.plugins import Plugins
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
@@ -37,7 +38,7 @@ from tuner_core.training.cached_data import (
 )
 from tuner_core.training.lr_schedulers import build_lr_scheduler
 from tuner_core.training.metadata import training_metadata
-from tuner_core.training.model_setup import prepare_model
+from tuner_core.training.model_setup import memory_settings, prepare_model
 from tuner_core.training.optimizers import build_optimizer
 from tuner_core.training.progress import Progress
 from tuner_core.training.run import TrainingRun
@@ -93,6 +94,8 @@ def train(
     :param on_step: called after every optimizer step with the run's state (for embedding programs).
     """
     core = options.core
+    # Before anything slow: an option no installed strategy would act on is refused, never ignored.
+    check_memory_options(memory_settings(core, training=True), plugins)
     seed = core.seed if core.seed is not None else random.randint(0, 2**31 - 1)
     accelerator = Accelerator(
         # Several processes without CUDA: accelerate only sets up gloo (MULTI_CPU) when told it runs on CPU.
