@@ -6,18 +6,22 @@ This module is the only place that prints for the user or chooses an exit code.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tuner_cli import parser as options_parser
 from tuner_cli.show_plugins import format_plugins
+from tuner_core.architecture import Architecture
 from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.errors import ConfigError, TunerError
-from tuner_core.plugins import Plugins, make_plugin_manager
+from tuner_core.logging_setup import configure_logging
+from tuner_core.memory.apply import unavailable_memory_options
+from tuner_core.plugins import ENTRY_POINT_GROUP, Plugins, make_plugin_manager
 
 log = logging.getLogger("tuner")
 
@@ -31,12 +35,13 @@ COMMAND_HELP = {
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("TUNER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Before any command imports the heavy libraries: bitsandbytes warns at import time.
+    configure_logging()  # $TUNER_LOG_LEVEL; plain lines above the progress bars, third-party noise off
 
 
 def _top_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tuner", description=DESCRIPTION)
+    top.add_argument("--version", action="store_true", help="Print the versions of tuner and its plugins.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("plugins", help="List loaded plugins, their hooks, architectures and networks.")
     demo = sub.add_parser(
@@ -51,14 +56,38 @@ def _top_parser() -> argparse.ArgumentParser:
     return top
 
 
-def _command_parser(command: str, plugins: Plugins, arch_name: str | None) -> argparse.ArgumentParser:
+class CommandParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line naming the problem, not a usage dump and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (`{self.prog} --help` lists the options)")
+
+    def parse_command(self, argv: Sequence[str]) -> argparse.Namespace:
+        """Parse ``argv``; an unknown option is an error that names the closest known one."""
+        namespace, extras = self.parse_known_args(argv)
+        for extra in extras:
+            name = extra.split("=", 1)[0]
+            if not name.startswith("-"):
+                self.error(f"unexpected value {extra!r} (each value follows the option it belongs to)")
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            hint = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            raise ConfigError(
+                f"unknown option {name}."
+                + (f" Did you mean {hint[0]}?" if hint else "")
+                + f" (`{self.prog} --help` lists the options)"
+            )
+        return namespace
+
+
+def _command_parser(command: str, plugins: Plugins, arch_name: str | None) -> CommandParser:
     core = COMMAND_OPTIONS[command]
     architecture = plugins.architecture(arch_name) if arch_name else None
     epilog = None
     if architecture is None:
         names = ", ".join(plugins.architectures().names()) or "none installed"
         epilog = f"Add --arch NAME to see the architecture's own options. Architectures: {names}."
-    p = argparse.ArgumentParser(prog=f"tuner {command}", description=COMMAND_HELP[command], epilog=epilog)
+    prog = f"tuner {command}" + (f" --arch {architecture.name}" if architecture else "")
+    p = CommandParser(prog=prog, description=COMMAND_HELP[command], epilog=epilog)
     p.add_argument("--arch", metavar="NAME", help="Architecture to use (see `tuner plugins`).")
     p.add_argument(
         "--config_file",
@@ -67,13 +96,34 @@ def _command_parser(command: str, plugins: Plugins, arch_name: str | None) -> ar
         help="Read options from a TOML file; the command line wins.",
     )
     defaults = architecture.option_defaults.get(command, {}) if architecture else {}
-    options_parser.add_options(p, core, defaults=defaults)
+    options_parser.add_options(p, core, defaults=defaults, notes=_help_notes(command, plugins, architecture))
     if architecture is not None:
         arch_cls = architecture.options.get(command)
         options_parser.check_conflicts(core, arch_cls, architecture.name)
         if arch_cls is not None:
             options_parser.add_options(p, arch_cls, title=f"{architecture.name} options")
     return p
+
+
+def _help_notes(command: str, plugins: Plugins, architecture: Architecture | None) -> dict[str, str]:
+    """What the help of core options adds for this installation: networks installed, strategies missing."""
+    training = command == "train"
+    notes = {
+        name: "Not available yet: no installed memory strategy acts on it."
+        for name in unavailable_memory_options(plugins, training=training)
+    }
+    if architecture is not None:
+        layout = architecture.layout
+        limit = layout.max_blocks_to_swap_training if training else layout.max_blocks_to_swap_inference
+        if limit is not None:
+            notes["blocks_to_swap"] = f"At most {limit} for --arch {architecture.name}. " + notes.get(
+                "blocks_to_swap", ""
+            )
+    if "lycoris" not in plugins.networks():
+        notes["lycoris"] = "Not available yet: no installed network type is called lycoris."
+    networks = [n.name + (f" (also {', '.join(n.aliases)})" if n.aliases else "") for n in plugins.networks()]
+    notes["network_module"] = "Installed: " + ("; ".join(networks) or "none") + "."
+    return notes
 
 
 def run_architecture_command(command: str, argv: Sequence[str], plugins: Plugins) -> int:
@@ -99,7 +149,7 @@ def run_architecture_command(command: str, argv: Sequence[str], plugins: Plugins
     if known.help:
         parser.print_help()
         return 0
-    namespace = parser.parse_args(argv)
+    namespace = parser.parse_command(argv)
     typed = {k: v for k, v in vars(namespace).items() if k not in ("arch", "config_file")}
     architecture = plugins.architecture(arch_name)
     core_options, arch_options = options_parser.build_command_options(
@@ -124,13 +174,28 @@ def _all_option_names(command: str, plugins: Plugins) -> list[str]:
     return names
 
 
+def _versions() -> str:
+    """``tuner 0.1.0`` and one line per installed plugin distribution (without importing any plugin)."""
+    lines = [f"tuner {metadata.version('tuner')}"]
+    seen = set()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        if dist is not None and dist.metadata["Name"] not in seen:
+            seen.add(dist.metadata["Name"])
+            lines.append(f"  {dist.metadata['Name']} {dist.version} (plugin {ep.name})")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tuner`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     top = _top_parser()
+    if argv == ["--version"]:
+        print(_versions())
+        return 0
     if not argv or argv[0] not in {*COMMAND_HELP, "plugins", "demo"}:
-        args = top.parse_args(argv)  # prints usage / errors for unknown commands
+        top.parse_args(argv)  # prints usage / errors for unknown commands
         top.print_help()
         return 2
     command, rest = argv[0], argv[1:]

@@ -63,9 +63,14 @@ def add_options(
     *,
     title: str | None = None,
     defaults: Mapping[str, Any] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> None:
-    """Add one argparse option per option field of ``cls``, grouped by the fields' ``group``."""
-    defaults = defaults or {}
+    """Add one argparse option per option field of ``cls``, grouped by the fields' ``group``.
+
+    :param defaults: defaults an architecture gives to these options (shown in the help).
+    :param notes: a sentence to add to an option's help, by option name (what is installed, what is not).
+    """
+    defaults, notes = defaults or {}, notes or {}
     groups: dict[str | None, Any] = {}
     for field in option_fields(cls):
         m = meta(field)
@@ -75,6 +80,8 @@ def add_options(
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
         inner, _ = unwrap_optional(field.type)
         help_text = m.help + _default_text(field, defaults.get(field.name, attrs.NOTHING))
+        if field.name in notes:
+            help_text += " " + notes[field.name]
         if inner is bool:
             kwargs["action"] = "store_true"
             if field.default is True:
@@ -154,9 +161,12 @@ def build_command_options(
     fields = {f.name: f for f in option_fields(core)}
     if arch_cls is not None:
         fields.update({f.name: f for f in option_fields(arch_cls)})
-    for key, raw in file_values.items():
-        check_value(fields[key], raw, source=str(file_name), label=lambda n: f"option {n!r}")
-    merged = {**architecture.option_defaults.get(command, {}), **file_values, **typed}
+    merged = dict(architecture.option_defaults.get(command, {}))
+    for key, raw in file_values.items():  # TOML values carry their types: "2" is not a number there
+        merged[key] = check_value(fields[key], raw, source=str(file_name), label=lambda n: f"option {n!r}")
+    for key, raw in typed.items():  # the command line is text: "2" is a number there
+        field = fields.get(key)
+        merged[key] = check_value(field, raw, source="command line", from_text=True) if field else raw
     core_part, arch_part = split_values(merged, core, arch_cls)
     source = "command line" + (f" / {file_name}" if file_values else "")
     core_options = build_options(core, core_part, source=source)

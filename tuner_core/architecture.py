@@ -63,6 +63,9 @@ class ModelLayout:
     keep_high_precision: tuple[str, ...] = ()
     #: Prefix of saved network weight names (``lora_unet_<module_path_with_underscores>``).
     network_prefix: str = "lora_unet"
+    #: Most blocks ``--blocks_to_swap`` may move in training and in inference (``None``: no limit declared).
+    max_blocks_to_swap_training: int | None = None
+    max_blocks_to_swap_inference: int | None = None
 
 
 class Architecture:
@@ -107,6 +110,14 @@ class Architecture:
         that changes cache contents (window size, layout, ...).
         """
         return ""
+
+    def check_options(self, command: str, options: Any) -> list[str]:
+        """Problems with ``command``'s options that this architecture can see before loading any model.
+
+        Called once in pre-flight, with the core's checks; return one sentence per problem, naming the
+        option and what to do (an empty list when all is well). Never load a model here.
+        """
+        return []
 
     # -- caching -----------------------------------------------------------------------------------
 
@@ -226,6 +237,11 @@ class Architecture:
     def sample_components(self, options: Any) -> tuple[str, ...]:
         """Components needed to sample during training, besides the trained model (loaded only when sampling)."""
         return ()
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether this architecture implements :meth:`sample` (generation and samples during training)."""
+        return type(self).sample is not Architecture.sample
 
     # -- demo --------------------------------------------------------------------------------------
 

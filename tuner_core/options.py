@@ -33,6 +33,9 @@ class OptionMeta:
     nargs: int | str | None = None
     #: Heading the option is listed under in ``--help``.
     group: str | None = None
+    #: For path options: ``"directory"`` or ``"file"`` when tuner writes there; ``None`` for an input,
+    #: which pre-flight requires to exist.
+    output: str | None = None
 
 
 def option(
@@ -45,6 +48,7 @@ def option(
     group: str | None = None,
     validator: Callable[[Any, attrs.Attribute, Any], None] | None = None,
     factory: Callable[[], Any] | None = None,
+    output: str | None = None,
 ) -> Any:
     """Declare one option field of an options class.
 
@@ -53,8 +57,12 @@ def option(
     :param choices: the accepted values, checked by :func:`build_options`.
     :param nargs: for list options, how many values the command line takes.
     :param validator: an attrs validator for checks beyond type and choices; raise ``ValueError``.
+    :param output: for a path tuner writes to, ``"directory"`` or ``"file"`` (checked to be writable before
+        any model loads); other path options are inputs that must exist.
     """
-    meta = OptionMeta(help, tuple(choices) if choices is not None else None, metavar, nargs, group)
+    if output not in (None, "directory", "file"):
+        raise ValueError(f"output must be None, 'directory' or 'file', got {output!r}")
+    meta = OptionMeta(help, tuple(choices) if choices is not None else None, metavar, nargs, group, output)
     if factory is not None:
         return attrs.field(factory=factory, metadata={META_KEY: meta}, validator=validator)
     return attrs.field(default=default, metadata={META_KEY: meta}, validator=validator)
@@ -126,8 +134,13 @@ def coerce_path(value: str) -> Path:
     return Path(value)
 
 
-def coerce(value: Any, tp: Any) -> Any:
-    """Convert a raw value (from TOML, JSON or the command line) to ``tp``; raise ``ValueError`` if it cannot be."""
+def coerce(value: Any, tp: Any, *, from_text: bool = False) -> Any:
+    """Convert a raw value to ``tp``; raise ``ValueError`` if it cannot be.
+
+    :param from_text: the value was typed as text (the command line), so ``"2"`` may mean the number 2.
+        Values from TOML, JSON or a program carry their own types: there a string where a number or a
+        boolean belongs is refused, as it usually means quotes the user did not intend.
+    """
     inner, optional = unwrap_optional(tp)
     if value is None:
         if optional:
@@ -136,8 +149,10 @@ def coerce(value: Any, tp: Any) -> Any:
     item = sequence_item_type(inner)
     if item is not None:
         values = value if isinstance(value, (list, tuple)) else [value]
-        converted = [coerce(v, item) for v in values]
+        converted = [coerce(v, item, from_text=from_text) for v in values]
         return tuple(converted) if typing.get_origin(inner) is tuple else converted
+    if isinstance(value, str) and not from_text and inner in (bool, int, float):
+        raise ValueError(f"expected {_describe(inner)}, not the string {value!r} (remove the quotes)")
     if inner is bool:
         if isinstance(value, bool):
             return value
@@ -156,11 +171,17 @@ def coerce(value: Any, tp: Any) -> Any:
     if inner is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError("expected an integer")
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError("expected an integer") from None
     if inner is float:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
     if inner is str:
         if not isinstance(value, str):
             raise ValueError("expected a string")
@@ -174,7 +195,7 @@ def coerce(value: Any, tp: Any) -> Any:
     if members:
         for member in members:
             try:
-                return coerce(value, member)
+                return coerce(value, member, from_text=from_text)
             except (TypeError, ValueError):
                 continue
         raise ValueError(f"expected {_describe(inner)}")
@@ -194,12 +215,14 @@ def build_options(
     source: str = "options",
     label: Callable[[str], str] = lambda name: f"option --{name}",
     allow_unknown: bool = False,
+    from_text: bool = False,
 ) -> T:
     """Validate ``values`` and build an instance of the options class ``cls``.
 
     :param source: where the values came from, for error messages (a file name, "command line").
     :param label: how an option name is shown in errors (``option --x`` on the command line, ``key 'x'`` in TOML).
     :param allow_unknown: ignore keys ``cls`` has no field for (used when one mapping feeds several classes).
+    :param from_text: the values are command-line text (see :func:`coerce`).
     :raises ConfigError: naming the source, the option, the bad value and what is accepted.
     """
     fields = {f.name: f for f in option_fields(cls)}
@@ -210,7 +233,7 @@ def build_options(
             if allow_unknown:
                 continue
             raise ConfigError(f"{source}: unknown {label(key)}.{did_you_mean(key, list(fields))}")
-        kwargs[key] = check_value(field, raw, source=source, label=label)
+        kwargs[key] = check_value(field, raw, source=source, label=label, from_text=from_text)
     missing = [
         name for name, f in fields.items() if name not in kwargs and f.default is attrs.NOTHING and f.init
     ]
@@ -230,11 +253,12 @@ def check_value(
     *,
     source: str,
     label: Callable[[str], str] = lambda name: f"option --{name}",
+    from_text: bool = False,
 ) -> Any:
-    """Coerce one raw value to its field's type and check its choices."""
+    """Coerce one raw value to its field's type and check its choices (``from_text``: see :func:`coerce`)."""
     m = meta(field)
     try:
-        value = coerce(raw, field.type)
+        value = coerce(raw, field.type, from_text=from_text)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{source}: {label(field.name)} got {raw!r}: {exc}; accepted: {_describe(field.type)}"

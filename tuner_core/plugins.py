@@ -123,6 +123,8 @@ def _load_entry_points(
     dists: dict[str, metadata.Distribution],
 ) -> None:
     wanted = None if only is None else {_normalise(n) for n in only}
+    matched: set[str] = set()
+    installed: list[str] = []
     seen: set[tuple[str, str]] = set()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
@@ -130,8 +132,11 @@ def _load_entry_points(
         if (ep.name, ep.value) in seen:  # one package found twice on sys.path
             continue
         seen.add((ep.name, ep.value))
-        if wanted is not None and not {_normalise(ep.name), _normalise(dist_name)} & wanted:
+        installed.append(f"{ep.name} ({dist_name})")
+        names = {_normalise(ep.name), _normalise(dist_name)}
+        if wanted is not None and not names & wanted:
             continue
+        matched |= names & (wanted or set())
         if manager.get_plugin(ep.name) is not None or manager.is_blocked(ep.name):
             continue
         try:
@@ -155,6 +160,15 @@ def _load_entry_points(
             continue
         if dist is not None:
             dists[ep.name] = dist
+    for name in sorted((wanted or set()) - matched):
+        hint = difflib.get_close_matches(name, [i.split(" ")[0] for i in installed], n=1)
+        log.warning(
+            "%s: no installed plugin is called %r%s; installed: %s",
+            ENV_ONLY,
+            name,
+            f" (did you mean {hint[0]!r}?)" if hint else "",
+            ", ".join(installed) or "none",
+        )
 
 
 def _check_pending(manager: pluggy.PluginManager, strict: bool) -> list[tuple[str, str]]:

@@ -115,6 +115,8 @@ def test_config_file_supplies_options_and_command_line_wins(tmp_path, dataset, c
         return run_module.CommandResult("train", counts={"steps": 0})
 
     monkeypatch.setitem(run_module.RUNNERS, "train", capture)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # pre-flight wants inputs to exist, not to load
     config = tmp_path / "train.toml"
     config.write_text(
         textwrap.dedent(

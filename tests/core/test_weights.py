@@ -18,7 +18,9 @@ from tuner_core.weights import (
     resolve_checkpoint,
     save_safetensors,
     save_sharded_safetensors,
+    sniff_format,
 )
+from tuner_core.weights.sniff import SAFETENSORS, TORCH_PICKLE, TORCH_ZIP
 
 
 class Toy(nn.Module):
@@ -231,6 +233,93 @@ def test_pt_checkpoint_never_executes_pickled_code(tmp_path, capsys):
     with pytest.raises(ModelLoadError, match="refusing|not a readable"):
         load_pt_state_dict(path)
     assert "pickled code ran" not in capsys.readouterr().out
+
+
+# -- what a file really is ----------------------------------------------------------------------------------
+
+
+def test_format_is_sniffed_from_the_first_bytes(tmp_path):
+    state = toy_state()
+    torch.save(state, tmp_path / "zip.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    save_safetensors(state, tmp_path / "st.bin")
+    (tmp_path / "text.bin").write_text("PK is not enough: a zip starts with PK\\x03\\x04")
+    (tmp_path / "empty.bin").touch()
+    assert sniff_format(tmp_path / "zip.bin") == TORCH_ZIP
+    assert sniff_format(tmp_path / "legacy.bin") == TORCH_PICKLE
+    assert sniff_format(tmp_path / "st.bin") == SAFETENSORS
+    assert sniff_format(tmp_path / "text.bin") is None
+    assert sniff_format(tmp_path / "empty.bin") is None
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin", ".pth", ""])
+def test_any_named_checkpoint_loads_by_content(tmp_path, suffix):
+    state = toy_state()
+    for name, save in (
+        ("zip", lambda p: torch.save(state, p)),
+        ("legacy", lambda p: torch.save(state, p, _use_new_zipfile_serialization=False)),
+        ("st", lambda p: save_safetensors(state, p)),
+    ):
+        path = tmp_path / (name + suffix)
+        save(path)
+        with open_checkpoint(path) as source:
+            assert set(source.infos()) == set(state), path
+            assert torch.equal(source.get("embed.weight"), state["embed.weight"])
+
+
+@pytest.mark.parametrize("name", ["x.ckpt", "x.pt", "x.bin", "x"])
+def test_text_renamed_as_checkpoint_is_not_called_a_pickle(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("just some notes\nsecond line\n")
+    for reader in (open_checkpoint, load_pt_state_dict):
+        with pytest.raises(ModelLoadError) as err:
+            reader(path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: not a PyTorch checkpoint or safetensors file")
+        assert "it starts with text 'just some notes'" in message and "pickled" not in message
+
+
+def test_text_named_safetensors_is_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_text("hello, this is text")
+    with pytest.raises(
+        ModelLoadError, match=r"model\.safetensors: not a safetensors file \(it starts with text 'hello"
+    ):
+        open_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"not a safetensors file \(it is empty, 0 bytes"):
+        open_checkpoint(path)
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00[1,2]")
+    with pytest.raises(ModelLoadError, match="not a safetensors file"):
+        open_checkpoint(path)
+
+
+def test_empty_and_pointer_checkpoints_say_so(tmp_path):
+    empty = tmp_path / "model.ckpt"
+    empty.touch()
+    with pytest.raises(
+        ModelLoadError, match=r"not a PyTorch checkpoint or safetensors file \(it is empty, 0 bytes"
+    ):
+        open_checkpoint(empty)
+    pointer = tmp_path / "model.bin"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n")
+    with pytest.raises(ModelLoadError, match="Git LFS pointer"):
+        open_checkpoint(pointer)
+
+
+def test_damaged_checkpoints_are_not_called_pickled_objects(tmp_path):
+    state = {"w": torch.arange(2000, dtype=torch.float32)}
+    for name, kwargs in (("zip.pt", {}), ("legacy.pt", {"_use_new_zipfile_serialization": False})):
+        path = tmp_path / name
+        torch.save(state, path, **kwargs)
+        data = path.read_bytes()
+        for cut in (3, 60, len(data) // 2):
+            path.write_bytes(data[:cut])
+            with pytest.raises(ModelLoadError) as err:
+                open_checkpoint(path)
+            message = str(err.value)
+            assert "pickled objects" not in message, (name, cut, message)
+            assert "damaged PyTorch checkpoint" in message or "not a PyTorch checkpoint" in message, message
 
 
 def test_sharded_save_writes_a_consistent_index(tmp_path):

@@ -37,6 +37,8 @@ def test_each_kit_file_is_identified(kit: TinyEncoderKit) -> None:
     assert identify_models(load_file(str(kit.text_encoder1.comfy_file))) == [LLAMA]
     assert identify_models(load_file(str(kit.text_encoder2.comfy_file))) == [CLIP_TEXT]
     assert identify_models(load_file(str(kit.image_encoder.comfy_file))) == [SIGLIP_VISION]
+    assert identify_models(load_file(str(kit.text_encoder2.unprefixed_file))) == [CLIP_TEXT]
+    assert identify_models(load_file(str(kit.image_encoder.unprefixed_file))) == [SIGLIP_VISION]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +113,72 @@ def test_missing_and_misshapen_tensors_are_listed_with_the_file(kit: TinyEncoder
     save_file(vae, str(lone))
     with pytest.raises(ModelLoadError, match="'decoder.conv_in.conv.weight' is missing"):
         load_vae(lone, dtype=F32)
+
+
+@pytest.mark.parametrize("name", ["x.ckpt", "x.pt", "pytorch_model.bin"])
+def test_text_file_renamed_as_checkpoint_is_called_text(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("These are my notes about the VAE.\nNot weights at all.\n")
+    with pytest.raises(ModelLoadError) as err:
+        load_vae(path)
+    message = str(err.value)
+    assert message.startswith(f"--vae {path}: not a PyTorch checkpoint or safetensors file")
+    assert "it starts with text 'These are my notes about the VAE.'" in message
+    assert ".safetensors file, or a .pt" in message  # what to pass instead
+    assert "pickled" not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"hello, I am text\n", "it starts with text 'hello, I am text'"),
+        (b"", "it is empty, 0 bytes"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n", "Git LFS pointer"),
+        (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "web page (HTML)"),
+    ],
+)
+def test_bad_safetensors_file_says_what_it_is(tmp_path: Path, content: bytes, says: str) -> None:
+    path = tmp_path / "clip_l.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError) as err:
+        load_text_encoder2(path)
+    message = str(err.value)
+    assert message.startswith(f"--text_encoder2 {path}: not a safetensors file (")
+    assert says in message
+
+
+def test_empty_and_truncated_checkpoints(kit: TinyEncoderKit, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    with pytest.raises(ModelLoadError, match=r"^--vae .*empty\.ckpt: not a PyTorch checkpoint .*it is empty"):
+        load_vae(empty)
+    cut = tmp_path / "sigclip_vision_patch14_384.safetensors"
+    cut.write_bytes(kit.image_encoder.comfy_file.read_bytes()[:100])
+    with pytest.raises(
+        ModelLoadError, match=r"^--image_encoder .*: a truncated safetensors file.*Download it"
+    ):
+        load_image_encoder(cut)
+    cut_pt = tmp_path / "pytorch_model.pt"
+    cut_pt.write_bytes(kit.vae.original_pt.read_bytes()[:4000])
+    with pytest.raises(
+        ModelLoadError, match=r"^--vae .*: a damaged PyTorch checkpoint .*truncated or corrupt"
+    ):
+        load_vae(cut_pt)
+
+
+def test_safetensors_renamed_as_checkpoint_loads(kit: TinyEncoderKit, tmp_path: Path) -> None:
+    # The content decides for .ckpt/.pt names; a PyTorch file named .safetensors is told to be renamed.
+    renamed = tmp_path / "vae.ckpt"
+    shutil.copy(kit.vae.diffusers_file, renamed)
+    reference = load_vae(kit.vae.diffusers_file, dtype=F32).state_dict()
+    loaded = load_vae(renamed, dtype=F32).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.items())
+    pt_named = tmp_path / "vae.safetensors"
+    shutil.copy(kit.vae.original_pt, pt_named)
+    with pytest.raises(
+        ModelLoadError, match=r"^--vae .*: not a safetensors file \(it is a PyTorch checkpoint: rename"
+    ):
+        load_vae(pt_named)
 
 
 class _Payload:

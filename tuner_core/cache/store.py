@@ -59,6 +59,17 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of the files tuner writes: what ``open()`` would give. Temporary files are created private
+#: (safetensors and mkstemp use 0600), so the mode is set before the rename makes a file visible.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_safetensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 ) -> None:
@@ -70,6 +81,7 @@ def atomic_write_safetensors(
         save_file(payload, str(temp), metadata=dict(metadata))
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(temp, FILE_MODE)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tuner_core.architecture import Architecture
 from tuner_core.cache.store import atomic_write_safetensors
 from tuner_core.commands.cache_run import resolve_device
 from tuner_core.commands.result import CommandResult
-from tuner_core.errors import ConfigError, NotAvailableError
+from tuner_core.config.generate_options import GenerateOptions
+from tuner_core.errors import ConfigError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
-from tuner_core.memory.apply import apply_memory_strategies, check_memory_options
+from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.network import NetworkType
 from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
+from tuner_core.seeds import random_seed
 from tuner_core.training.model_setup import memory_settings
 
 log = logging.getLogger(__name__)
@@ -38,28 +41,67 @@ def _filtered(
         ) from exc
 
 
+def _multiplier(options: GenerateOptions, index: int) -> float:
+    multipliers = options.lora_multiplier
+    if not multipliers:
+        return 1.0
+    return multipliers[index if len(multipliers) > 1 else 0]
+
+
+def _patterns(options: GenerateOptions, index: int) -> tuple[str | None, str | None]:
+    include = options.include_patterns[index] if index < len(options.include_patterns) else None
+    exclude = options.exclude_patterns[index] if index < len(options.exclude_patterns) else None
+    return include, exclude
+
+
+def _network_types(options: GenerateOptions, plugins: Plugins) -> list[NetworkType]:
+    return [plugins.network("lycoris")] if options.lycoris else list(plugins.networks())
+
+
+def network_file_problems(options: GenerateOptions, plugins: Plugins) -> list[str]:
+    """Pre-flight of ``--lora_weight``: each file's tensor names (its header only, no weights) must be known
+    to an installed network type, and the patterns must be valid regular expressions."""
+    if not options.lora_weight:
+        return []
+    try:
+        network_types = _network_types(options, plugins)
+    except ConfigError as exc:
+        return [f"--lycoris: {exc}"]
+    problems = []
+    for index, path in enumerate(options.lora_weight):
+        if not path.is_file():
+            continue  # reported with the other missing inputs
+        try:
+            with safe_open(str(path), "pt") as handle:
+                names: dict[str, None] = dict.fromkeys(handle.keys())
+        except Exception as exc:  # safetensors has its own error types for a file that is not one
+            problems.append(f"--lora_weight {path}: not a safetensors file ({exc})")
+            continue
+        try:
+            kept = set(_filtered(names, *_patterns(options, index)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if not any(n.can_load(kept) for n in network_types):
+            problems.append(
+                f"--lora_weight {path}: no installed network type ("
+                + ", ".join(n.name for n in network_types)
+                + f") recognises its tensors (e.g. {', '.join(sorted(kept)[:2]) or 'none left by the patterns'})"
+            )
+    return problems
+
+
 def merge_networks(
-    model: torch.nn.Module, options: Any, architecture: Architecture, plugins: Plugins
+    model: torch.nn.Module, options: GenerateOptions, architecture: Architecture, plugins: Plugins
 ) -> None:
     """Merge every ``--lora_weight`` file into ``model`` with its multiplier and patterns."""
-    core = options.core
-    for index, path in enumerate(core.lora_weight):
-        if not path.is_file():
-            raise ConfigError(f"--lora_weight {path} does not exist")
-        multiplier = (
-            core.lora_multiplier[index if len(core.lora_multiplier) > 1 else 0]
-            if core.lora_multiplier
-            else 1.0
-        )
-        include = core.include_patterns[index] if index < len(core.include_patterns) else None
-        exclude = core.exclude_patterns[index] if index < len(core.exclude_patterns) else None
-        weights = _filtered(load_file(str(path)), include, exclude)
-        candidates = [plugins.network("lycoris")] if core.lycoris else list(plugins.networks())
-        network_type = next((n for n in candidates if n.can_load(set(weights))), None)
-        if network_type is None:
-            raise ConfigError(
-                f"--lora_weight {path}: no installed network type recognises this file's tensors"
-            )
+    network_types = _network_types(options, plugins)
+    for index, path in enumerate(options.lora_weight):
+        weights = _filtered(load_file(str(path)), *_patterns(options, index))
+        network_type = next((n for n in network_types if n.can_load(set(weights))), None)
+        if network_type is None:  # pre-flight checked the names; only a file changed since could get here
+            raise ConfigError(f"--lora_weight {path}: no installed network type recognises its tensors")
+        multiplier = _multiplier(options, index)
         unused = network_type.merge_into(model, architecture.layout, weights, multiplier)
         if unused:
             log.warning(
@@ -68,37 +110,35 @@ def merge_networks(
         log.info("merged %s (%s) with multiplier %g", path.name, network_type.name, multiplier)
 
 
+def _save_merged_model(
+    options: CommandOptions, architecture: Architecture, plugins: Plugins, device: torch.device
+) -> CommandResult:
+    core = options.core
+    denoiser = plugins.load_model(architecture, architecture.trained_component, options, device)
+    merge_networks(denoiser, core, architecture, plugins)
+    atomic_write_safetensors(core.save_merged_model, denoiser.state_dict(), {})
+    return CommandResult("generate", {"merged model": [core.save_merged_model]})
+
+
 def run_generate(
     options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
 ) -> CommandResult:
     """Generate one video (or save the LoRA-merged model) and report the written files."""
     combined = CommandOptions(options, arch_options)
-    if type(architecture).sample is Architecture.sample and options.save_merged_model is None:
-        raise NotAvailableError(
-            f"tuner generate --arch {architecture.name}: this architecture cannot sample yet"
-        )
-    if options.latent_path or options.output_type not in ("video", "images"):
-        raise NotAvailableError(
-            "--latent_path and latent --output_type values are not implemented yet; use video or images"
-        )
-    settings = memory_settings(options, training=False)
-    check_memory_options(settings, plugins)
     device = resolve_device(options.device)
+    if options.save_merged_model is not None:  # merging needs the denoiser and the network files only
+        return _save_merged_model(combined, architecture, plugins, device)
     models: dict[str, Any] = {}
     for component in architecture.components("generate", combined):
         models[component] = plugins.load_model(architecture, component, combined, device)
     denoiser = models[architecture.trained_component]
-    if options.lora_weight:
-        merge_networks(denoiser, combined, architecture, plugins)
-    if options.save_merged_model is not None:
-        atomic_write_safetensors(options.save_merged_model, denoiser.state_dict(), {})
-        return CommandResult("generate", {"merged model": [options.save_merged_model]})
+    merge_networks(denoiser, options, architecture, plugins)
     apply_memory_strategies(
         denoiser, architecture.layout, memory_settings(options, training=False), plugins, device
     )
 
     request = architecture.generation_request(combined)
-    seed = request.seed if request.seed is not None else random.randint(0, 2**31 - 1)
+    seed = request.seed if request.seed is not None else random_seed()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         video = plugins.sample(architecture, models, request, combined, generator)

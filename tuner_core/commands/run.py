@@ -9,9 +9,11 @@ from tuner_core.architecture import Architecture
 from tuner_core.commands.cache_latents import cache_latents
 from tuner_core.commands.cache_text import cache_text
 from tuner_core.commands.generate import run_generate
+from tuner_core.commands.preflight import preflight
 from tuner_core.commands.result import CommandResult
 from tuner_core.commands.train import run_train
 from tuner_core.errors import NotAvailableError
+from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
 Runner = Callable[..., CommandResult]
@@ -33,7 +35,11 @@ def run_command(
     architecture: Architecture,
     plugins: Plugins,
 ) -> CommandResult:
-    """Run ``command`` (``"train"``, ``"cache-latents"``, ...) with validated options."""
+    """Run ``command`` (``"train"``, ``"cache-latents"``, ...) with validated options.
+
+    Pre-flight runs first: every check that needs no model, all problems in one :class:`ConfigError`.
+    """
+    preflight(command, CommandOptions(options, arch_options), architecture, plugins)
     try:
         return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)
     except NotImplementedError as exc:  # a step the architecture plugin does not provide (yet)

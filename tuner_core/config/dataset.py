@@ -63,6 +63,10 @@ class GeneralKeys:
     skip_corrupted_cache: bool = option(False, help="Skip unreadable cache files while training.")
 
 
+#: ``target_frames`` of a video dataset that sets none (the reference's default).
+DEFAULT_TARGET_FRAMES = [1]
+
+
 @attrs.frozen(kw_only=True)
 class VideoKeys(GeneralKeys):
     """Keys of a video dataset table."""
@@ -72,7 +76,7 @@ class VideoKeys(GeneralKeys):
     control_directory: Path | None = option(None, help="Directory of control videos with the same names.")
     cache_directory: Path | None = option(None, help="Where caches go (default: the media directory).")
     target_frames: list[int] = option(
-        factory=lambda: [1], help="Clip lengths to extract.", validator=_positive
+        factory=lambda: list(DEFAULT_TARGET_FRAMES), help="Clip lengths to extract.", validator=_positive
     )
     frame_extraction: str = option("head", help="How clips are taken.", choices=FRAME_EXTRACTION)
     frame_stride: int = option(1, help="Step between clip starts for slide.", validator=_positive)

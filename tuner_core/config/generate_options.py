@@ -8,6 +8,7 @@ import attrs
 
 from tuner_core.errors import ConfigError
 from tuner_core.options import at_least, option
+from tuner_core.seeds import check_seed
 
 PROMPT, MODEL, MEMORY, NETWORK, OUTPUT = "prompt", "model", "memory", "LoRA / LyCORIS", "output"
 OUTPUT_TYPES = ("video", "images", "latent", "both", "latent_images")
@@ -21,7 +22,10 @@ class GenerateOptions:
     prompt: str | None = option(None, help="Text prompt.", group=PROMPT)
     negative_prompt: str = option("", help="Negative prompt (used when --guidance_scale > 1).", group=PROMPT)
     seed: int | None = option(
-        None, help="Random seed (default: random, written to the output's metadata).", group=PROMPT
+        None,
+        help="Random seed, 0 .. 2**64-1 (default: random, written to the output's metadata).",
+        group=PROMPT,
+        validator=check_seed,
     )
     video_size: list[int] = option(
         factory=lambda: [256, 256],
@@ -73,10 +77,20 @@ class GenerateOptions:
         False, help="Merge --lora_weight files through the lycoris-lora package.", group=NETWORK
     )
     save_merged_model: Path | None = option(
-        None, help="Save the model with LoRAs merged to this file and skip generation.", group=NETWORK
+        None,
+        help="Save the model with LoRAs merged to this file and skip generation (needs only the model "
+        "being merged into and the --lora_weight files).",
+        group=NETWORK,
+        output="file",
     )
 
-    save_path: Path = option(help="Directory the outputs are written to.", group=OUTPUT)
+    save_path: Path | None = option(
+        None,
+        help="Directory the outputs are written to, created if missing (required unless "
+        "--save_merged_model is given).",
+        group=OUTPUT,
+        output="directory",
+    )
     output_type: str = option("video", help="What to write.", choices=OUTPUT_TYPES, group=OUTPUT)
     no_metadata: bool = option(False, help="Do not write generation settings into outputs.", group=OUTPUT)
     latent_path: list[Path] = option(
@@ -97,5 +111,7 @@ class GenerateOptions:
             raise ConfigError(
                 "give --fp8 or --fp8_scaled, not both (--fp8_scaled already stores fp8 weights)"
             )
+        if self.save_path is None and self.save_merged_model is None:
+            raise ConfigError("--save_path is required: the directory the outputs are written to")
         if self.prompt is None and not self.latent_path and self.save_merged_model is None:
             raise ConfigError("--prompt is required (unless --latent_path or --save_merged_model is given)")

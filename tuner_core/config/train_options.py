@@ -8,6 +8,7 @@ import attrs
 
 from tuner_core.errors import ConfigError
 from tuner_core.options import at_least, option
+from tuner_core.seeds import check_seed
 
 DATA, MODEL, MEMORY, OPTIM, TIMESTEPS, NETWORK, SAVE, SAMPLE, LOG = (
     "data",
@@ -41,12 +42,20 @@ class TrainOptions:
     # -- data -----------------------------------------------------------------------------------------
     dataset_config: Path = option(help="Dataset TOML (or JSON) file; its caches must exist.", group=DATA)
     max_data_loader_n_workers: int = option(
-        8, help="Worker processes loading cached batches.", group=DATA, validator=at_least(0)
+        8,
+        help="Worker processes loading cached batches (capped at the number of CPUs).",
+        group=DATA,
+        validator=at_least(0),
     )
     persistent_data_loader_workers: bool = option(
         False, help="Keep data-loader workers alive between epochs.", group=DATA
     )
-    seed: int | None = option(None, help="Random seed (default: a random one, logged).", group=DATA)
+    seed: int | None = option(
+        None,
+        help="Random seed, 0 .. 2**64-1 (default: a random one, logged).",
+        group=DATA,
+        validator=check_seed,
+    )
 
     # -- model / attention ------------------------------------------------------------------------------
     sdpa: bool = option(False, help="Use PyTorch scaled-dot-product attention (the default).", group=MODEL)
@@ -156,7 +165,7 @@ class TrainOptions:
     # -- network ----------------------------------------------------------------------------------------
     network_module: str | None = option(
         None,
-        help="Network to train (lora, loha, lokr, lycoris, or networks.lora_framepack); none = full fine-tune.",
+        help="Network type to train (see `tuner plugins`); none = full fine-tune.",
         group=NETWORK,
     )
     network_dim: int | None = option(
@@ -173,7 +182,11 @@ class TrainOptions:
     dim_from_weights: bool = option(False, help="Take the rank from --network_weights.", group=NETWORK)
 
     # -- saving and resuming ---------------------------------------------------------------------------------
-    output_dir: Path = option(help="Directory for weights, states, samples and the loss plot.", group=SAVE)
+    output_dir: Path = option(
+        help="Directory for weights, states, samples and the loss plot (created if missing).",
+        group=SAVE,
+        output="directory",
+    )
     output_name: str = option("last", help="Base name of saved files.", group=SAVE)
     save_precision: str | None = option(
         None,
@@ -216,7 +229,9 @@ class TrainOptions:
     sample_at_first: bool = option(False, help="Generate samples before training.", group=SAMPLE)
 
     # -- logging ------------------------------------------------------------------------------------------
-    logging_dir: Path | None = option(None, help="Write TensorBoard logs here.", group=LOG)
+    logging_dir: Path | None = option(
+        None, help="Write TensorBoard logs here.", group=LOG, output="directory"
+    )
     log_prefix: str | None = option(None, help="Prefix of the TensorBoard run directory.", group=LOG)
 
     def __attrs_post_init__(self) -> None:

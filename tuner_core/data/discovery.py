@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 
 from tuner_core.architecture import MediaRules
-from tuner_core.config.dataset import DatasetSettings, ImageKeys, VideoKeys
+from tuner_core.config.dataset import DEFAULT_TARGET_FRAMES, DatasetSettings, ImageKeys, VideoKeys
 from tuner_core.data.buckets import BucketSelector, Size, fit_bucket, floor_to_step
 from tuner_core.data.extraction import extract_clips, fps_resample_map, normalise_target_frames
 from tuner_core.data.items import MediaItem
@@ -142,9 +142,15 @@ def _video_targets(settings: DatasetSettings, rules: MediaRules) -> tuple[int, .
         )
     kept = tuple(t for t in targets if t >= rules.min_frames)
     if not kept:
+        given = (
+            f"{list(targets)} (the default of target_frames, which this dataset does not set)"
+            if list(keys.target_frames) == DEFAULT_TARGET_FRAMES
+            else str(list(targets))
+        )
         raise ConfigError(
-            f"{settings.table}: key 'target_frames': every clip length {list(targets)} is below the "
-            f"architecture's minimum of {rules.min_frames} frames; use longer target_frames or frame_extraction = 'full'"
+            f"{settings.table}: key 'target_frames': every clip length {given} is below the architecture's "
+            f"minimum of {rules.min_frames} frames; set target_frames = [{rules.min_frames}] or longer, or "
+            "frame_extraction = 'full'"
         )
     if len(kept) < len(targets):
         logger.warning(

@@ -27,21 +27,37 @@ def apply_memory_strategies(
     return [s.name for s in enabled]
 
 
-#: Options that only take effect through a memory strategy, with the settings that ask for each alone.
-_STRATEGY_OPTIONS = {
-    "--fp8_base / --fp8": {"fp8_base": True},
-    "--fp8_scaled": {"fp8_base": True, "fp8_scaled": True},
-    "--blocks_to_swap": {"blocks_to_swap": 1},
+#: Options that only take effect through a memory strategy, by option name, with the settings that ask
+#: for each alone (``--fp8`` is generate's name of train's ``--fp8_base``).
+_STRATEGY_OPTIONS: dict[str, dict[str, object]] = {
+    "fp8_base": {"fp8_base": True},
+    "fp8": {"fp8_base": True},
+    "fp8_scaled": {"fp8_base": True, "fp8_scaled": True},
+    "blocks_to_swap": {"blocks_to_swap": 1},
+    "use_pinned_memory_for_block_swap": {"blocks_to_swap": 1, "use_pinned_memory_for_block_swap": True},
 }
+
+
+def unavailable_memory_options(plugins: Plugins, *, training: bool) -> set[str]:
+    """Names of the memory options no installed strategy acts on (their ``--help`` says so)."""
+    strategies = list(plugins.memory_strategies())
+    return {
+        name
+        for name, asked in _STRATEGY_OPTIONS.items()
+        if not any(s.enabled(attrs.evolve(MemorySettings(training=training), **asked)) for s in strategies)
+    }
 
 
 def check_memory_options(settings: MemorySettings, plugins: Plugins) -> None:
     """Refuse, before any model is loaded, an option no installed strategy would act on (never ignore it)."""
-    asked = {"--fp8_base / --fp8": settings.fp8_base, "--fp8_scaled": settings.fp8_scaled}
-    asked["--blocks_to_swap"] = settings.blocks_to_swap > 0
-    for flag, wanted in asked.items():
-        alone = attrs.evolve(MemorySettings(training=settings.training), **_STRATEGY_OPTIONS[flag])
-        if wanted and not any(s.enabled(alone) for s in plugins.memory_strategies()):
+    asked = {
+        "--fp8_base / --fp8": ("fp8_base", settings.fp8_base),
+        "--fp8_scaled": ("fp8_scaled", settings.fp8_scaled),
+        "--blocks_to_swap": ("blocks_to_swap", settings.blocks_to_swap > 0),
+    }
+    missing = unavailable_memory_options(plugins, training=settings.training)
+    for flag, (name, wanted) in asked.items():
+        if wanted and name in missing:
             raise NotAvailableError(
                 f"{flag}: no memory strategy for it is installed in this version of tuner"
             )

@@ -7,6 +7,7 @@ Items are read lazily through safetensors' memory map. The batch order of an epo
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -171,3 +172,23 @@ def batch_settings(config: DatasetConfig) -> tuple[list[int], list[int]]:
     if not config.datasets:
         raise ConfigError(f"{config.path}: no dataset")
     return [d.keys.batch_size for d in config.datasets], [d.keys.num_repeats for d in config.datasets]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def data_loader_workers(requested: int) -> int:
+    """``--max_data_loader_n_workers`` capped at :func:`available_cpus`.
+
+    More worker processes than CPUs only compete for them (and torch warns that the loader may freeze).
+    """
+    cpus = available_cpus()
+    if requested > cpus:
+        log.debug("data-loader workers: %d requested, capped at the %d CPUs available", requested, cpus)
+        return cpus
+    return requested

@@ -26,7 +26,7 @@ import attrs
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from tuner_core.config.train_options import LR_SCHEDULERS
+from tuner_core.config.train_options import LR_SCHEDULERS, TrainOptions
 from tuner_core.errors import ConfigError, NotAvailableError
 from tuner_core.training.optimizers import uses_relative_step
 
@@ -92,6 +92,22 @@ class LrCurve:
             factor = (1.0 - progress) ** self.power
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor
 
+    def describe(self) -> str:
+        """The schedule as a sentence for the log, e.g. ``cosine over 100 steps, 10 warm-up steps``."""
+        parts = [f"{self.name} over {self.total_steps} steps"]
+        if self.warmup_steps:
+            parts.append(f"{self.warmup_steps} warm-up steps")
+        if self.name in DECAYING_SCHEDULERS:
+            if self.decay_steps:
+                parts.append(f"decaying over the last {self.decay_steps} steps")
+            if self.name == "cosine_with_restarts":
+                parts.append(f"{self.num_cycles} cycles")
+            if self.name == "polynomial":
+                parts.append(f"power {self.power:g}")
+            if self.min_lr_ratio:
+                parts.append(f"down to {self.min_lr_ratio:g} x the learning rate")
+        return ", ".join(parts)
+
 
 def build_lr_curve(
     *,
@@ -151,6 +167,27 @@ def build_lr_curve(
     )
 
 
+#: Stands for the step count while it is unknown (``--max_train_epochs`` before the data is counted):
+#: large enough that no warm-up or decay exceeds it, so only the checks that need no count can fail.
+_UNKNOWN_STEPS = 10**9
+
+
+def check_lr_options(options: TrainOptions, total_steps: int | None) -> None:
+    """Check the schedule options of a run of ``total_steps`` steps (``None``: not known yet).
+
+    :raises ConfigError: naming the option that cannot apply.
+    """
+    build_lr_curve(
+        lr_scheduler=options.lr_scheduler,
+        num_training_steps=total_steps or _UNKNOWN_STEPS,
+        lr_warmup_steps=options.lr_warmup_steps,
+        lr_decay_steps=options.lr_decay_steps,
+        lr_scheduler_num_cycles=options.lr_scheduler_num_cycles,
+        lr_scheduler_power=options.lr_scheduler_power,
+        lr_scheduler_min_lr_ratio=options.lr_scheduler_min_lr_ratio,
+    )
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
@@ -184,7 +221,7 @@ def build_lr_scheduler(
         lr_scheduler_power=lr_scheduler_power,
         lr_scheduler_min_lr_ratio=lr_scheduler_min_lr_ratio,
     )
-    logger.info("lr schedule: %s", curve)
+    logger.info("lr schedule: %s", curve.describe())
     return LambdaLR(optimizer, lr_lambda=curve)
 
 

@@ -21,6 +21,9 @@ from tuner_core.training.optimizers import parse_optimizer_args
 
 log = logging.getLogger(__name__)
 
+#: The rank of a network when neither --network_dim nor --dim_from_weights gives one.
+DEFAULT_NETWORK_DIM = 4
+
 
 class DenoiserStep(nn.Module):
     """The module accelerate prepares: the denoiser plus its network, called once per batch.
@@ -117,7 +120,7 @@ def prepare_model(
         if not core.network_weights.is_file():
             raise ConfigError(f"--network_weights {core.network_weights} does not exist")
         initial = load_file(str(core.network_weights))
-    dim = core.network_dim or 4
+    dim = core.network_dim or DEFAULT_NETWORK_DIM
     if core.dim_from_weights:
         if initial is None:
             raise ConfigError("--dim_from_weights needs --network_weights")

@@ -89,6 +89,17 @@ def optimizer_description(optimizer_class: type, kwargs: Mapping[str, Any]) -> s
     return name + "(" + ",".join(f"{key}={value}" for key, value in kwargs.items()) + ")"
 
 
+def readable_description(optimizer_class: type, kwargs: Mapping[str, Any]) -> str:
+    """``AdamW``, ``AdamW8bit from bitsandbytes``, ``SGD with momentum=0.9``: for the log, not metadata."""
+    name = optimizer_class.__name__
+    package = optimizer_class.__module__.partition(".")[0]
+    if package != "torch":  # the package says which AdamW it is
+        name += f" from {package}"
+    if kwargs:
+        name += " with " + ", ".join(f"{key}={value}" for key, value in kwargs.items())
+    return name
+
+
 def resolve_optimizer_class(optimizer_type: str) -> type[torch.optim.Optimizer]:
     """The optimizer class that ``--optimizer_type`` names (see the module docstring)."""
     lowered = optimizer_type.lower()
@@ -132,8 +143,11 @@ def build_optimizer(
     optimizer_type: str = "AdamW",
     learning_rate: float,
     optimizer_args: Sequence[str] | Mapping[str, Any] | None = None,
+    report: bool = True,
 ) -> BuiltOptimizer:
     """Build the optimizer ``optimizer_type`` over ``params`` (tensors or parameter groups with own ``lr``).
+
+    :param report: log what was built (off for the pre-flight probe, so a run says it once).
 
     :raises ConfigError: unknown ``--optimizer_type`` or arguments the optimizer rejects.
     :raises NotAvailableError: the optimizer's package is missing, or bitsandbytes cannot run here.
@@ -148,7 +162,7 @@ def build_optimizer(
     lr: float | None = learning_rate
     relative_step = False
     if _is_adafactor(optimizer_class):
-        relative_step = _adafactor_settings(kwargs, learning_rate)
+        relative_step = _adafactor_settings(kwargs, learning_rate, report=report)
         if relative_step:
             lr = None  # Adafactor refuses a manual lr together with relative_step
     elif optimizer_class.__module__.startswith("bitsandbytes"):
@@ -160,9 +174,25 @@ def build_optimizer(
             f"--optimizer_args {_format_args(kwargs)} rejected by "
             f"{optimizer_description(optimizer_class, {})}: {error}"
         ) from error
-    logger.info("optimizer: %s", optimizer_description(optimizer_class, kwargs))
+    if report:
+        logger.info("optimizer: %s", readable_description(optimizer_class, kwargs))
     return BuiltOptimizer(
         optimizer=optimizer, optimizer_class=optimizer_class, kwargs=kwargs, relative_step=relative_step
+    )
+
+
+def check_optimizer_options(
+    optimizer_type: str, learning_rate: float, optimizer_args: Sequence[str] | Mapping[str, Any] | None
+) -> None:
+    """Build the optimizer over one probe parameter, so that an unknown type, a missing package or a
+    rejected argument is reported before any model loads. Raises what :func:`build_optimizer` raises."""
+    probe = torch.nn.Parameter(torch.zeros(1))
+    build_optimizer(
+        [probe],
+        optimizer_type=optimizer_type,
+        learning_rate=learning_rate,
+        optimizer_args=optimizer_args,
+        report=False,
     )
 
 
@@ -176,13 +206,14 @@ def _is_adafactor(optimizer_class: type) -> bool:
     return optimizer_class.__name__ == "Adafactor" and optimizer_class.__module__.startswith("transformers")
 
 
-def _adafactor_settings(kwargs: dict[str, Any], learning_rate: float) -> bool:
+def _adafactor_settings(kwargs: dict[str, Any], learning_rate: float, *, report: bool) -> bool:
     """Fill in Adafactor's ``relative_step`` default (True) and return it; log what it means."""
     kwargs.setdefault("relative_step", True)
     if kwargs.get("warmup_init") and not kwargs["relative_step"]:
-        logger.info("AdaFactor: warmup_init=True needs relative_step, so relative_step is set to True")
+        if report:
+            logger.info("AdaFactor: warmup_init=True needs relative_step, so relative_step is set to True")
         kwargs["relative_step"] = True
-    if kwargs["relative_step"]:
+    if kwargs["relative_step"] and report:
         logger.info(
             "AdaFactor with relative_step=True computes its own step size; --learning_rate %g is only "
             "the value logged before the first step, and the scheduler follows Adafactor's own rate. "

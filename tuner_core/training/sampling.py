@@ -17,11 +17,11 @@ import torch
 from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
-from tuner_core.errors import NotAvailableError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.sampling.request import SampleRequest
+from tuner_core.seeds import MAX_SEED
 from tuner_core.training.model_setup import PreparedModel
 from tuner_core.training.run import TrainingRun
 
@@ -57,16 +57,10 @@ class TrainingSampler:
         accelerator: Accelerator,
         prepared: PreparedModel,
     ) -> TrainingSampler:
-        """Read the prompt file and check up front that the architecture can sample with these options."""
+        """Read the prompt file (pre-flight has checked that the architecture can sample with it)."""
         core = options.core
         requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
-        if requests:
-            if type(architecture).sample is Architecture.sample:  # fail now, not hours into the run
-                raise NotAvailableError(
-                    f"--sample_prompts: --arch {architecture.name} cannot generate samples yet; train without them"
-                )
-            architecture.sample_components(options)  # raises a clear error for missing encoder options
-        elif core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first:
+        if core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first:
             log.warning("sampling was asked for but --sample_prompts is not given; no samples will be made")
         return cls(options, architecture, plugins, accelerator, prepared, requests)
 
@@ -112,7 +106,9 @@ class TrainingSampler:
             label = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
             paths = []
             for index, request in enumerate(self.requests):
-                seed = request.seed if request.seed is not None else (core.seed or 0) + index
+                seed = (
+                    request.seed if request.seed is not None else ((core.seed or 0) + index) % (MAX_SEED + 1)
+                )
                 generator = torch.Generator().manual_seed(seed)
                 with torch.no_grad(), self.accelerator.autocast():
                     video = self.plugins.sample(self.architecture, models, request, self.options, generator)

@@ -20,14 +20,13 @@ from tuner_core.plugins import Plugins
 from tuner_core.training import checkpoints
 from tuner_core.training.metadata import model_hashes, progress_metadata
 from tuner_core.training.model_setup import PreparedModel
+from tuner_core.training.resume import TRAINABLE_FILE, mismatch_error, run_settings, write_run_settings
 from tuner_core.training.run import TrainingRun
 
 if TYPE_CHECKING:
     from tuner_core.training.trainer import Counters
 
 log = logging.getLogger(__name__)
-
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 def register_state_hooks(accelerator: Accelerator, prepared: PreparedModel) -> None:
@@ -49,7 +48,10 @@ def register_state_hooks(accelerator: Accelerator, prepared: PreparedModel) -> N
             raise ConfigError(
                 f"--resume {input_dir} holds no {TRAINABLE_FILE}; is it a tuner state directory?"
             )
-        prepared.step.load_trainable_state_dict(load_file(str(path)))
+        try:
+            prepared.step.load_trainable_state_dict(load_file(str(path)))
+        except RuntimeError as exc:  # size mismatch, missing or unexpected keys
+            raise mismatch_error(Path(input_dir), exc) from exc
         models.clear()
 
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -116,6 +118,14 @@ class Saver:
         self.accelerator.save_state(str(temp))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            network = self.prepared.network_type
+            settings = run_settings(
+                self.run.architecture.name,
+                self.core,
+                network_type=network.name if network else None,
+                network_dim=self.prepared.network_dim,
+            )
+            write_run_settings(temp, settings)
             checkpoints.commit_directory(temp, final)
             self.plugins.hook.tuner_on_save(run=self.run, path=final, kind="state")
             log.info("saved state %s", final)

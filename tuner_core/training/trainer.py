@@ -26,21 +26,22 @@ from torch.utils.data import DataLoader
 
 from tuner_core.architecture import Architecture
 from tuner_core.config.dataset import load_dataset_config
-from tuner_core.errors import ConfigError
-from tuner_core.memory.apply import check_memory_options
 from tuner_core.plugins import Plugins
+from tuner_core.seeds import derive_seed, random_seed, seeded_generator
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
     EpochBatchSampler,
     batch_settings,
+    data_loader_workers,
     find_cached_items,
     stack_batch,
 )
-from tuner_core.training.lr_schedulers import build_lr_scheduler
+from tuner_core.training.lr_schedulers import build_lr_scheduler, check_lr_options
 from tuner_core.training.metadata import training_metadata
-from tuner_core.training.model_setup import memory_settings, prepare_model
+from tuner_core.training.model_setup import prepare_model
 from tuner_core.training.optimizers import build_optimizer
 from tuner_core.training.progress import Progress
+from tuner_core.training.resume import mismatch_error
 from tuner_core.training.run import TrainingRun
 from tuner_core.training.sampling import TrainingSampler
 from tuner_core.training.saving import Saver, register_state_hooks
@@ -78,10 +79,6 @@ class TrainResult:
     epochs: int
 
 
-def _batch_generator(seed: int, rank: int, batch_number: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_033 + batch_number)
-
-
 def train(
     options: Any,
     *,
@@ -94,9 +91,7 @@ def train(
     :param on_step: called after every optimizer step with the run's state (for embedding programs).
     """
     core = options.core
-    # Before anything slow: an option no installed strategy would act on is refused, never ignored.
-    check_memory_options(memory_settings(core, training=True), plugins)
-    seed = core.seed if core.seed is not None else random.randint(0, 2**31 - 1)
+    seed = core.seed if core.seed is not None else random_seed()
     accelerator = Accelerator(
         # Several processes without CUDA: accelerate only sets up gloo (MULTI_CPU) when told it runs on CPU.
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
@@ -107,7 +102,7 @@ def train(
         ),
     )
     log.info("seed: %d, processes: %d, device: %s", seed, accelerator.num_processes, accelerator.device)
-    torch.manual_seed(seed + accelerator.process_index)
+    torch.manual_seed(derive_seed(seed, "process", accelerator.process_index))
     random.seed(seed)
 
     # -- data --------------------------------------------------------------------------------------------
@@ -122,7 +117,7 @@ def train(
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
     )
-    workers = core.max_data_loader_n_workers
+    workers = data_loader_workers(core.max_data_loader_n_workers)
     loader = DataLoader(
         CachedItemsDataset(items, architecture),
         batch_sampler=sampler,
@@ -137,7 +132,14 @@ def train(
     batches_per_epoch = sampler.batches_per_epoch()
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
     total_steps = core.max_train_epochs * steps_per_epoch if core.max_train_epochs else core.max_train_steps
+    if core.max_train_epochs:
+        log.info(
+            "--max_train_epochs %d sets the length, %d steps (--max_train_steps is not used)",
+            core.max_train_epochs,
+            total_steps,
+        )
     epochs = math.ceil(total_steps / steps_per_epoch)
+    check_lr_options(core, total_steps)  # with the real step count, still before the model loads
     log.info(
         "%d items, %d batches per epoch and process, %d steps over %d epochs",
         len(items),
@@ -170,10 +172,11 @@ def train(
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(counters)
     register_state_hooks(accelerator, prepared)
-    if core.resume is not None:
-        if not core.resume.is_dir():
-            raise ConfigError(f"--resume {core.resume} is not a state directory")
-        accelerator.load_state(str(core.resume))
+    if core.resume is not None:  # pre-flight has compared the state's recorded settings with these
+        try:
+            accelerator.load_state(str(core.resume))
+        except (RuntimeError, ValueError, KeyError) as exc:  # a state saved without its settings record
+            raise mismatch_error(core.resume, exc) from exc
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             core.resume,
@@ -244,7 +247,7 @@ def train(
                 sync = counters.batches_in_epoch % accumulation == 0 or last_of_epoch
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 number = counters.epoch * batches_per_epoch + counters.batches_in_epoch
-                generator = _batch_generator(seed, accelerator.process_index, number)
+                generator = seeded_generator(seed, "batch", accelerator.process_index, number)
                 with contextlib.nullcontext() if sync else accelerator.no_sync(step_module):
                     loss = _loss(
                         step_module, batch, timesteps, generator, architecture, plugins, options, accelerator

@@ -19,6 +19,7 @@ from tuner_core.weights.reader import (
     open_checkpoint,
 )
 from tuner_core.weights.save import save_json, save_safetensors, save_sharded_safetensors
+from tuner_core.weights.sniff import describe_start, not_a_checkpoint, sniff_format
 from tuner_core.weights.stream import LoadResult, Transform, load_into_model, mismatch_error
 
 __all__ = [
@@ -29,13 +30,16 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "Transform",
+    "describe_start",
     "load_into_model",
     "load_pt_state_dict",
     "mismatch_error",
+    "not_a_checkpoint",
     "open_checkpoint",
     "resolve_checkpoint",
     "save_json",
     "save_safetensors",
     "save_sharded_safetensors",
     "shard_files",
+    "sniff_format",
 ]

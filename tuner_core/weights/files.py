@@ -37,7 +37,8 @@ class CheckpointFiles:
 
     @property
     def is_pickle(self) -> bool:
-        """Whether this is a pickled PyTorch file rather than safetensors."""
+        """Whether the name says pickled PyTorch file (:func:`~tuner_core.weights.open_checkpoint` goes by
+        the content, see :mod:`tuner_core.weights.sniff`)."""
         return len(self.files) == 1 and self.files[0].suffix.lower() in PICKLE_SUFFIXES
 
     def describe(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from tuner_core.errors import ModelLoadError
 from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint
 from tuner_core.weights.safetensors_file import StoredTensor, read_header, read_tensor
+from tuner_core.weights.sniff import SAFETENSORS, TORCH_PICKLE, TORCH_ZIP, not_a_checkpoint, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,51 @@ class StateDictSource(TensorSource):
         return self._tensors.pop(key)
 
 
+def _torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)`` of a file that must be a PyTorch checkpoint, errors explained."""
+    kind = sniff_format(path)
+    if kind not in (TORCH_ZIP, TORCH_PICKLE):
+        raise not_a_checkpoint(path)
+    try:
+        # only zip archives can be memory-mapped; legacy pickles are read whole
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == TORCH_ZIP)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported (?:global: GLOBAL|class) (\S+)", str(exc))
+        # A legacy pickle cut short mid-name reports the stub ("collections.Ordered") as a refused global.
+        if refused and (kind == TORCH_ZIP or _stored_whole(path, refused[1])):
+            raise ModelLoadError(
+                f"{path}: refusing to load: the file contains pickled objects other than tensors "
+                f"({refused[1]}; loading it would execute code). Convert it to safetensors."
+            ) from exc
+        raise _damaged(path, exc) from exc
+    except Exception as exc:
+        # A damaged archive or pickle fails in many ways (RuntimeError, EOFError, struct.error, KeyError...);
+        # each is the same news for the user.
+        raise _damaged(path, exc) from exc
+
+
+def _stored_whole(path: Path, name: str) -> bool:
+    """Whether a legacy pickle holds the global ``name`` up to its end of line (protocol 2's GLOBAL)."""
+    try:
+        return f"{name.rpartition('.')[2]}\n".encode() in path.read_bytes()
+    except OSError:
+        return True
+
+
+def _damaged(path: Path, exc: BaseException) -> ModelLoadError:
+    """The error for a PyTorch checkpoint whose data cannot be read, with torch's reason in brief."""
+    # torch wraps the weights-only unpickler's reason in advice about weights_only=False: keep the reason
+    text = str(exc).rpartition("WeightsUnpickler error:")[2].strip()
+    detail = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+    detail = detail[:120]
+    return ModelLoadError(
+        f"{path}: a damaged PyTorch checkpoint ({detail}): the file is truncated or corrupt. "
+        "Download it again, or pass a .safetensors copy."
+    )
+
+
 def load_pt_state_dict(
     path: str | Path, *, prefix: str | None = None, unwrap: tuple[str, ...] = ("state_dict",)
 ) -> dict[str, torch.Tensor]:
@@ -152,21 +199,7 @@ def load_pt_state_dict(
     :raises ModelLoadError: for unreadable files, files that need code execution, or a prefix nothing has.
     """
     path = Path(path)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # legacy (pre-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelLoadError(
-            f"{path}: refusing to load: the file contains pickled objects other than tensors "
-            f"(loading it would execute code). Convert it to safetensors. Detail: {str(exc).splitlines()[0]}"
-        ) from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    obj = _torch_load(path)
     for name in unwrap:
         if isinstance(obj, Mapping) and isinstance(obj.get(name), Mapping):
             obj = obj[name]
@@ -189,7 +222,19 @@ def open_checkpoint(path: str | Path | CheckpointFiles, *, prefix: str | None = 
     :param prefix: for pickled files, the key prefix to keep and strip (see :func:`load_pt_state_dict`).
     """
     files = path if isinstance(path, CheckpointFiles) else resolve_checkpoint(path)
-    if files.is_pickle:
-        state_dict = load_pt_state_dict(files.files[0], prefix=prefix)
-        return StateDictSource(state_dict, str(files.files[0]), files.files[0])
-    return SafetensorsSource(files.files)
+    if len(files.files) > 1:  # shard sets are safetensors by construction
+        return SafetensorsSource(files.files)
+    file = files.files[0]
+    if file.name.lower().endswith(".safetensors"):
+        # torch.load itself treats this name as safetensors, so the name decides; a file that is not one
+        # gets a message saying what it is instead.
+        return SafetensorsSource(files.files)
+    # Otherwise the content decides: a safetensors file renamed .ckpt loads, and a text file renamed .pt is
+    # reported as text rather than as a broken pickle.
+    kind = sniff_format(file)
+    if kind == SAFETENSORS:
+        return SafetensorsSource(files.files)
+    if kind in (TORCH_ZIP, TORCH_PICKLE):
+        state_dict = load_pt_state_dict(file, prefix=prefix)
+        return StateDictSource(state_dict, str(file), file)
+    raise not_a_checkpoint(file)

@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from tuner_core.errors import ModelLoadError
+from tuner_core.weights.sniff import MAX_HEADER_BYTES, describe_start
 
 #: safetensors dtype names and the torch dtypes they load as.
 DTYPES: dict[str, torch.dtype] = {
@@ -36,9 +37,6 @@ DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-#: Headers larger than this are rejected as corrupt (the format's own limit is 100 MB).
-MAX_HEADER_BYTES = 100_000_000
 
 
 @attrs.frozen
@@ -75,21 +73,44 @@ def read_header(path: Path, handle: BinaryIO | None = None) -> SafetensorsHeader
         size = path.stat().st_size
         prefix = handle.read(8)
         if len(prefix) != 8:
-            raise ModelLoadError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            raise _not_safetensors(path, "shorter than 8 bytes")
         (length,) = struct.unpack("<Q", prefix)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise ModelLoadError(f"{path}: not a safetensors file (header length {length} is impossible)")
+        if length > MAX_HEADER_BYTES:
+            raise _not_safetensors(path, f"header length {length} is impossible")
+        if length > size - 8:
+            raise ModelLoadError(
+                f"{path}: a truncated safetensors file: its header needs {length} bytes but only "
+                f"{size - 8} follow. Download it again."
+            )
         raw = json.loads(handle.read(length))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise ModelLoadError(f"{path}: not a readable safetensors file: {exc}") from exc
+    except ValueError as exc:  # bad JSON or UTF-8 in the header
+        raise _not_safetensors(path, f"its header is not JSON: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: not a safetensors file (its header is not a JSON object)")
+        raise _not_safetensors(path, "its header is not a JSON object")
     metadata = raw.pop("__metadata__", None) or {}
     data_start = 8 + length
     tensors = {}
     for name, entry in raw.items():
         tensors[name] = _stored_tensor(path, name, entry, data_start, size)
     return SafetensorsHeader(tensors=tensors, metadata={str(k): str(v) for k, v in dict(metadata).items()})
+
+
+def _not_safetensors(path: Path, why: str) -> ModelLoadError:
+    """The error for a file named as safetensors that is not one, saying what it looks like instead."""
+    try:
+        seen = describe_start(path)
+    except ModelLoadError:
+        seen = "it cannot be read"
+    # For text, an empty file or another format, what it is says enough; for unknown bytes, say what broke.
+    detail = f"{why}; {seen}" if seen.startswith("it starts with the bytes") else seen
+    if seen == "it is a PyTorch checkpoint":
+        detail += ": rename it to .pt to load it as one"
+    return ModelLoadError(
+        f"{path}: not a safetensors file ({detail}). Pass the model's weights file "
+        "(download it again if it came from a hub)."
+    )
 
 
 def _stored_tensor(path: Path, name: str, entry: Any, data_start: int, size: int) -> StoredTensor:

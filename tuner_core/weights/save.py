@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from tuner_core.cache.store import FILE_MODE
+
 
 def _atomic_target(path: Path) -> tuple[int, Path]:
     """A temporary file beside ``path`` (same file system, so the final rename is atomic)."""
@@ -30,6 +32,7 @@ def save_safetensors(
     try:
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -45,6 +48,7 @@ def save_json(data: Any, path: str | Path) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -52,12 +52,18 @@ class FramePackArchitecture(Architecture):
             r"^proj_out\.",
         ),
         network_prefix="lora_unet",
+        # The reference splits N over the lists as N//2 double and (N - N//2)*2 + 1 single blocks, so at
+        # most 38 fit (19 + 39); its docs allow 36 in training.
+        max_blocks_to_swap_training=36,
+        max_blocks_to_swap_inference=38,
     )
     cache_version = "1"
 
     # -- models ------------------------------------------------------------------------------------------
 
     def components(self, command: str, options: Any) -> tuple[str, ...]:
+        if command == "generate" and options.core.save_merged_model is not None:
+            return ("dit",)  # merging LoRA files into the DiT needs nothing else
         return {
             "cache-latents": ("vae", "image_encoder"),
             "cache-text": ("text_encoder1", "text_encoder2"),
@@ -69,6 +75,11 @@ class FramePackArchitecture(Architecture):
         from tuner_framepack.components import load_component
 
         return load_component(component, options, device)
+
+    def check_options(self, command: str, options: Any) -> list[str]:
+        from tuner_framepack.components import option_problems
+
+        return option_problems(command, self.components(command, options), options)
 
     def cache_identity(self, command: str, options: Any) -> str:
         from tuner_framepack.components import file_identity

@@ -22,6 +22,30 @@ class TextEncoder:
     model: Any
 
 
+#: What each component is, for messages; each is loaded from the option of the same name.
+COMPONENTS = {
+    "dit": "the DiT",
+    "vae": "the VAE",
+    "image_encoder": "the SigLIP image encoder",
+    "text_encoder1": "the LLaMA text encoder",
+    "text_encoder2": "the CLIP text encoder",
+}
+
+
+def option_problems(command: str, components: tuple[str, ...], options: Any) -> list[str]:
+    """Pre-flight of FramePack's options: every component ``command`` loads is given; nothing is asked
+    for that this plugin cannot do yet."""
+    own = attrs.asdict(options.arch, recurse=False)  # FramePack's options name the components' files
+    problems = [
+        f"--{name} is required: tuner {command} loads {COMPONENTS[name]} from it"
+        for name in components
+        if own.get(name) is None
+    ]
+    if own.get("one_frame"):
+        problems.append("--one_frame is not available yet in tuner's FramePack plugin; leave it out")
+    return problems
+
+
 def _required(options: Any, name: str, what: str) -> Path:
     path = getattr(options, name, None)
     if path is None:

@@ -47,7 +47,9 @@ class FramePackCacheLatentsOptions(VaeMemoryOptions):
     )
     f1: bool = option(False, help="Cache the forward (FramePack-F1) section layout.", group=SECTIONS)
     one_frame: bool = option(
-        False, help="Cache one-frame training items (image datasets with controls).", group=SECTIONS
+        False,
+        help="Cache one-frame training items (image datasets with controls). Not available yet.",
+        group=SECTIONS,
     )
     one_frame_no_2x: bool = option(False, help="One-frame: no 2x history context.", group=SECTIONS)
     one_frame_no_4x: bool = option(False, help="One-frame: no 4x history context.", group=SECTIONS)
@@ -94,7 +96,7 @@ class FramePackTrainOptions(VaeMemoryOptions):
     )
     bulk_decode: bool = option(False, help="Decode sample videos in one VAE call.", group=SECTIONS)
     f1: bool = option(False, help="Sample with the forward (F1) layout.", group=SECTIONS)
-    one_frame: bool = option(False, help="Sample one-frame inference.", group=SECTIONS)
+    one_frame: bool = option(False, help="Sample one-frame inference. Not available yet.", group=SECTIONS)
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,10 @@
 """Text encoder 2: CLIP-L's text tower as a transformers ``CLIPTextModel``.
 
 Sources: Comfy's ``clip_l.safetensors``, the diffusers ``text_encoder_2/model.safetensors``, or a snapshot
-directory. Both files use the Hugging Face names (``text_model.embeddings...``); Comfy's may add the
-projection and logit scale of the full CLIP, and a full CLIP checkpoint adds the vision tower: those are
-dropped. Other CLIP files prefix the names (``cond_stage_model.transformer.``...): the prefix is stripped.
+directory. Both files use the Hugging Face names (``text_model.embeddings...``); a ``CLIPTextModel`` saved
+by transformers 5 drops the ``text_model.`` prefix, which loads the same. Comfy's may add the projection
+and logit scale of the full CLIP, and a full CLIP checkpoint adds the vision tower: those are dropped.
+Other CLIP files prefix the names (``cond_stage_model.transformer.``...): the prefix is stripped.
 """
 
 from __future__ import annotations

@@ -21,29 +21,40 @@ OTHER_DIT = "diffusion transformer (DiT) of another model"
 T5 = "T5 text encoder"
 IMAGE_VAE = "2D image VAE (Stable Diffusion / Flux style)"
 
-# (family, kind, name fragments that must each occur in some tensor name). Only the first match per family
-# counts, so a layout that extends another (FramePack's DiT adds clean_x_embedder to HunyuanVideo's) comes
-# first. A file can hold several families: a full CLIP or SigLIP checkpoint has a text and a vision tower.
+# (family, kind, dotted name parts that must each occur in some tensor name). Only the first match per
+# family counts, so a layout that extends another (FramePack's DiT adds clean_x_embedder to HunyuanVideo's,
+# CLIP's vision tower adds a class embedding to SigLIP's) comes first. A file can hold several families: a
+# full CLIP or SigLIP checkpoint has a text and a vision tower. The encoder towers are named without their
+# ``vision_model.`` / ``text_model.`` prefix, which published files (Comfy, flux_redux_bfl) carry and files
+# saved by transformers 5 do not, so both spellings match.
 _SIGNATURES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("dit", FRAMEPACK_DIT, ("transformer_blocks.0.", "clean_x_embedder.")),
-    ("dit", OTHER_DIT, ("single_transformer_blocks.0.", "transformer_blocks.0.")),
-    ("dit", OTHER_DIT, ("double_blocks.0.", "single_blocks.0.")),
-    ("vae", HUNYUAN_VAE, ("encoder.conv_in.conv.weight", "decoder.up_blocks.")),
-    ("vae", IMAGE_VAE, ("encoder.conv_in.weight", "decoder.up_blocks.")),
-    ("vision", CLIP_VISION, ("vision_model.embeddings.class_embedding",)),
-    ("vision", SIGLIP_VISION, ("vision_model.embeddings.patch_embedding.weight",)),
-    ("text", CLIP_TEXT, ("text_model.embeddings.token_embedding.weight",)),
+    ("dit", FRAMEPACK_DIT, ("transformer_blocks.0", "clean_x_embedder")),
+    ("dit", OTHER_DIT, ("single_transformer_blocks.0", "transformer_blocks.0")),
+    ("dit", OTHER_DIT, ("double_blocks.0", "single_blocks.0")),
+    ("vae", HUNYUAN_VAE, ("encoder.conv_in.conv.weight", "decoder.up_blocks")),
+    ("vae", IMAGE_VAE, ("encoder.conv_in.weight", "decoder.up_blocks")),
+    ("vision", CLIP_VISION, ("embeddings.class_embedding", "embeddings.patch_embedding.weight")),
+    ("vision", SIGLIP_VISION, ("embeddings.patch_embedding.weight", "post_layernorm.weight")),
+    ("text", CLIP_TEXT, ("embeddings.token_embedding.weight", "final_layer_norm.weight")),
     ("text", LLAMA, ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "mlp.gate_proj")),
     ("text", T5, ("block.0.layer.0.SelfAttention.q.weight",)),
 )
 
 
+def _has_part(dotted: list[str], part: str) -> bool:
+    """Whether some name (given as ``.name.``) holds ``part`` as whole dotted components:
+    ``embeddings.patch_embedding.weight`` is in ``vision_model.embeddings.patch_embedding.weight`` but not in
+    ``x_embeddings.patch_embedding.weight`` nor ``embeddings.patch_embedding.weight_scale``."""
+    wrapped = f".{part}."
+    return any(wrapped in name for name in dotted)
+
+
 def identify_models(keys: Iterable[str]) -> list[str]:
     """The kinds of model whose tensors these names are (usually one; empty when the layout is unknown)."""
-    names = list(keys)
+    dotted = [f".{k}." for k in keys]
     found: dict[str, str] = {}
     for family, kind, required in _SIGNATURES:
-        if family not in found and all(any(frag in k for k in names) for frag in required):
+        if family not in found and all(_has_part(dotted, part) for part in required):
             found[family] = kind
     return list(found.values())
 

@@ -53,6 +53,24 @@ def real_llama_config(**overrides: Any) -> LlamaConfig:
     return LlamaConfig(**values)
 
 
+def portable_llama_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A LLaMA ``config.json`` written by either transformers major version, as the installed one reads it.
+
+    transformers 5 writes the RoPE base and scaling inside ``rope_parameters`` and no ``rope_theta``; 4.x
+    reads only ``rope_theta`` / ``rope_scaling`` and would silently use a base of 10000, so both are filled
+    in from it (5.x reads either spelling).
+    """
+    rope = values.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return values
+    values = dict(values)
+    if values.get("rope_theta") is None and rope.get("rope_theta") is not None:
+        values["rope_theta"] = rope["rope_theta"]
+    if values.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
+        values["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return values
+
+
 def llama_tensor_name(name: str) -> str | None:
     """File name -> ``LlamaModel`` name: strip Comfy's ``model.``; drop the LM head and tokenizer blobs."""
     if name == "lm_head.weight" or name == "tokenizer" or name.startswith("tokenizer."):
@@ -112,11 +130,11 @@ def load_text_encoder1(
     location = locate_weights(
         Path(path), subfolder=TEXT_ENCODER1_SUBFOLDER, patterns=LLAMA_PATTERNS, option=option
     )
-    with open_weights(location) as source:
+    with open_weights(location, option) as source:
         require_model(source, LLAMA, option)
         config_dict = read_config(location, model_types=("llama",), nested="text_config")
         config = (
-            LlamaConfig(**config_dict)
+            LlamaConfig(**portable_llama_config(config_dict))
             if config_dict
             else llama_config_from_shapes(tensor_shapes(source, llama_tensor_name), source.description)
         )

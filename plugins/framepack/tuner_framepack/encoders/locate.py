@@ -85,6 +85,9 @@ def read_config(
 
     ``nested`` names a sub-config to look in (``text_config`` of a full CLIP/LLaVA config, ``vision_config``
     of a full SigLIP one). A config of another model type is ignored (with a log line) so the shapes decide.
+    Private entries (``_name_or_path``, ``_attn_implementation_autoset``...) are left out: written by one
+    transformers version, they can change what another builds (4.46 builds eager attention for a config
+    marked autoset, where a config read off the shapes gets SDPA), so every format gives the same model.
     """
     if location.config is None:
         return None
@@ -100,4 +103,4 @@ def read_config(
             "Ignoring %s (describes %r); inferring the config from tensor shapes.", location.config, kind
         )
         return None
-    return config
+    return {key: value for key, value in config.items() if not key.startswith("_")}

@@ -2,7 +2,8 @@
 
 Sources: Comfy's ``sigclip_vision_patch14_384.safetensors``, ``image_encoder/model.safetensors`` of
 lllyasviel/flux_redux_bfl, or that snapshot directory. Both files use the Hugging Face names
-(``vision_model.encoder.layers.N...``); a full SigLIP checkpoint's text tower is dropped.
+(``vision_model.encoder.layers.N...``); a ``SiglipVisionModel`` saved by transformers 5 drops the
+``vision_model.`` prefix, which loads the same. A full SigLIP checkpoint's text tower is dropped.
 """
 
 from __future__ import annotations

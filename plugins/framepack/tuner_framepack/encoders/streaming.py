@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -23,10 +24,27 @@ logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
+#: How the log names the model each command-line option loads (class names mean little to a user).
+_MODEL_NAMES = {
+    "--vae": "the VAE",
+    "--image_encoder": "the image encoder",
+    "--text_encoder1": "text encoder 1",
+    "--text_encoder2": "text encoder 2",
+}
 
-def open_weights(location: WeightsLocation) -> TensorSource:
-    """Open the weights at ``location`` (all shards of a set; ``.pt`` files without running pickled code)."""
-    return open_checkpoint(resolve_checkpoint(location.file))
+
+def open_weights(location: WeightsLocation, option: str) -> TensorSource:
+    """Open the weights at ``location`` (all shards of a set; ``.pt`` files without running pickled code).
+
+    Errors name the command-line ``option`` the file came from: ``--vae x.ckpt: not a PyTorch checkpoint...``.
+    """
+    try:
+        return open_checkpoint(resolve_checkpoint(location.file))
+    except ModelLoadError as exc:
+        message = str(exc)
+        # Most core messages start with the file's path; "--vae <path>: ..." then reads as one sentence.
+        separator = " " if Path(message.split(": ", 1)[0]).exists() else ": "
+        raise ModelLoadError(f"{option}{separator}{message}") from None
 
 
 def tensor_shapes(source: TensorSource, rename: Callable[[str], str | None]) -> dict[str, tuple[int, ...]]:
@@ -63,5 +81,6 @@ def load_weights(
     except ModelLoadError as exc:
         raise ModelLoadError(f"{option}: {exc}") from None
     model.to(device)
-    logger.info("Loaded %s from %s (%d tensors)", type(model).__name__, result.source, result.loaded)
+    what = _MODEL_NAMES.get(option, f"the {option} model")
+    logger.info("loaded %s (%d tensors) from %s", what, result.loaded, result.source)
     return model.eval()

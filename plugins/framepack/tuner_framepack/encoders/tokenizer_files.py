@@ -72,7 +72,7 @@ def load_tokenizer(
     looked = tokenizer_candidates(weights_path, subfolder)
     for folder in looked:
         if _is_tokenizer_dir(folder):
-            logger.info("Using the tokenizer in %s", folder)
+            logger.info("using the tokenizer in %s", folder)
             return _load(folder, option)
     try:  # the hub cache (e.g. from an official FramePack install) works offline
         return AutoTokenizer.from_pretrained(

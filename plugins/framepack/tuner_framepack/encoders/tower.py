@@ -1,8 +1,9 @@
 """Loading a transformers encoder tower (CLIP-L text, SigLIP vision) from any of its published files.
 
-Both towers are stored with or without a tower prefix (``text_model.`` / ``vision_model.``), sometimes
-beside tensors of the other tower, and the transformers class may or may not use the prefix itself; a
-:class:`TowerSpec` says which names are whose, and :func:`load_tower` does the rest.
+Both towers are stored with a tower prefix (``text_model.`` / ``vision_model.``: the published files, and
+anything transformers 4.x saved) or without it (``save_pretrained`` of transformers 5), sometimes beside
+tensors of the other tower, and the transformers class may or may not use the prefix itself (4.x does, 5.x
+does not); a :class:`TowerSpec` says which names are whose, and :func:`load_tower` does the rest.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class TowerSpec:
 
     def file_name(self, name: str) -> str | None:
         """A stored name -> the canonical name (without the prefix), or ``None`` for another tower's tensor."""
-        at = name.find(self.prefix)
-        if at > 0:  # "cond_stage_model.transformer.text_model.x" and the like
-            name = name[at:]
+        if not name.startswith(self.prefix):
+            at = name.find("." + self.prefix)
+            if at >= 0:  # "cond_stage_model.transformer.text_model.x" and the like
+                name = name[at + 1 :]
         if self.foreign.search(name):
             return None
         return name.removeprefix(self.prefix)
@@ -50,7 +52,7 @@ def load_tower(
 ) -> Any:
     """Load the tower of ``spec`` from a single file, a shard set or a snapshot directory, streamed in place."""
     location = locate_weights(Path(path), subfolder=spec.subfolder, patterns=spec.patterns, option=option)
-    with open_weights(location) as source:
+    with open_weights(location, option) as source:
         require_model(source, spec.kind, option)
         config_dict = read_config(location, model_types=spec.model_types, nested=spec.nested)
         config = (

@@ -94,7 +94,7 @@ def load_vae(
     Raises :class:`ModelLoadError` for a missing file, another model's weights or a mismatched layout.
     """
     location = locate_weights(Path(path), subfolder=VAE_SUBFOLDER, patterns=VAE_PATTERNS, option=option)
-    with open_weights(location) as source:
+    with open_weights(location, option) as source:
         require_model(source, HUNYUAN_VAE, option)
         prefixed = any(k.startswith("vae.") for k in source.infos())
 

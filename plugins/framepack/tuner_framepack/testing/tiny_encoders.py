@@ -9,8 +9,15 @@ Layout under the target directory, mirroring the downloads the guide lists::
     comfy/sigclip_vision_patch14_384.safetensors
     tencent/vae/pytorch_model.pt          original VAE: {"state_dict": {"vae.<name>": tensor}} + its config.json
     flux_redux_bfl/image_encoder/         model.safetensors + config.json
+    transformers5/text_encoder_2/         CLIP-L and SigLIP as transformers 5's save_pretrained writes them:
+    transformers5/image_encoder/          model.safetensors + config.json, names without the tower prefix
+    transformers5/clip_l.safetensors      the same two files alone (no config.json: shapes decide)
+    transformers5/sigclip_vision_patch14_384.safetensors
 
-Every format holds the same float16 values, so a loader must give identical outputs whatever it reads.
+The CLIP-L and SigLIP files under comfy/, hunyuanvideo-community/ and flux_redux_bfl/ name their tensors
+``text_model.<name>`` / ``vision_model.<name>`` as every published file does (and transformers 4.x saves);
+those under transformers5/ name them ``<name>``. Every format holds the same float16 values, so a loader
+must give identical outputs whatever it reads.
 The shapes the loaders cannot read off tensors (group-norm groups, head sizes) keep the real values.
 """
 
@@ -66,6 +73,8 @@ TINY_SIGLIP_SHAPE: dict[str, Any] = {
     "image_size": 56,
 }
 SNAPSHOT = "hunyuanvideo-community"
+#: Where the towers are written as transformers 5 saves them (no ``text_model.`` / ``vision_model.``).
+UNPREFIXED = "transformers5"
 STORED_DTYPE = torch.float16
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
@@ -92,21 +101,27 @@ class TinyTextEncoder1Files:
 
 @dataclass(frozen=True)
 class TinyTextEncoder2Files:
-    """The tiny CLIP-L text encoder as Comfy's file, the diffusers file, and a snapshot."""
+    """The tiny CLIP-L text encoder as Comfy's file, the diffusers file, and a snapshot (all prefixed
+    ``text_model.``), and unprefixed as transformers 5 saves it: a lone file and a save_pretrained folder."""
 
     comfy_file: Path
     diffusers_file: Path
     snapshot: Path
     tokenizer_dir: Path
+    unprefixed_file: Path
+    unprefixed_snapshot: Path
 
 
 @dataclass(frozen=True)
 class TinyImageEncoderFiles:
-    """The tiny SigLIP as Comfy's file, flux_redux_bfl's ``image_encoder/model.safetensors``, a snapshot."""
+    """The tiny SigLIP as Comfy's file, flux_redux_bfl's ``image_encoder/model.safetensors``, a snapshot (all
+    prefixed ``vision_model.``), and unprefixed: a lone file and a transformers 5 save_pretrained folder."""
 
     comfy_file: Path
     redux_file: Path
     snapshot: Path
+    unprefixed_file: Path
+    unprefixed_snapshot: Path
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,22 @@ def _stored(model: torch.nn.Module, strip: str = "") -> dict[str, torch.Tensor]:
         name.removeprefix(strip): t.detach().to(STORED_DTYPE) if t.is_floating_point() else t.detach()
         for name, t in model.state_dict().items()
     }
+
+
+def _tower_tensors(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """A tower's stored tensors without ``prefix`` (whether the installed transformers uses it or not) and
+    without the position ids buffer, which no file needs."""
+    return {k: v for k, v in _stored(model, strip=prefix).items() if not k.endswith("position_ids")}
+
+
+def _save_unprefixed(
+    tensors: dict[str, torch.Tensor], config: dict[str, Any], folder: Path, single: Path
+) -> tuple[Path, Path]:
+    """Write a tower as transformers 5 does (``folder``: model.safetensors + config.json) and as a lone
+    renamed file; returns (single file, folder)."""
+    save_json(config, folder / "config.json")
+    save_safetensors(tensors, folder / "model.safetensors")
+    return save_safetensors(tensors, single), folder
 
 
 # -- VAE ---------------------------------------------------------------------------------------------------
@@ -212,15 +243,27 @@ def save_tiny_text_encoder2(target_dir: Path, seed: int = 2) -> TinyTextEncoder2
     tokenizer_dir = build_tiny_clip_tokenizer(snapshot / "tokenizer_2")
     config = tiny_clip_config(len(AutoTokenizer.from_pretrained(str(tokenizer_dir))))
     model = _seeded(seed, lambda: CLIPTextModel(config))
-    # On disk every CLIP text file names its tensors "text_model.<name>".
-    tensors = {f"text_model.{k}": v for k, v in _stored(model, strip="text_model.").items()}
-    tensors = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
+    plain = _tower_tensors(model, "text_model.")
+    # Published CLIP text files name their tensors "text_model.<name>".
+    tensors = {f"text_model.{k}": v for k, v in plain.items()}
+    config_json = {**config.to_dict(), "architectures": ["CLIPTextModel"]}
     folder = snapshot / "text_encoder_2"
-    save_json({**config.to_dict(), "architectures": ["CLIPTextModel"]}, folder / "config.json")
+    save_json(config_json, folder / "config.json")
     diffusers_file = save_safetensors(tensors, folder / "model.safetensors")
     comfy_file = save_safetensors(tensors, target_dir / "comfy" / "clip_l.safetensors")
+    unprefixed_file, unprefixed_snapshot = _save_unprefixed(
+        plain,
+        config_json,
+        target_dir / UNPREFIXED / "text_encoder_2",
+        target_dir / UNPREFIXED / "clip_l.safetensors",
+    )
     return TinyTextEncoder2Files(
-        comfy_file=comfy_file, diffusers_file=diffusers_file, snapshot=snapshot, tokenizer_dir=tokenizer_dir
+        comfy_file=comfy_file,
+        diffusers_file=diffusers_file,
+        snapshot=snapshot,
+        tokenizer_dir=tokenizer_dir,
+        unprefixed_file=unprefixed_file,
+        unprefixed_snapshot=unprefixed_snapshot,
     )
 
 
@@ -235,14 +278,25 @@ def save_tiny_image_encoder(target_dir: Path, seed: int = 3) -> TinyImageEncoder
     target_dir = Path(target_dir)
     config = tiny_siglip_config()
     model = _seeded(seed, lambda: SiglipVisionModel(config))
-    tensors = {f"vision_model.{k}": v for k, v in _stored(model, strip="vision_model.").items()}
-    tensors = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
+    plain = _tower_tensors(model, "vision_model.")
+    tensors = {f"vision_model.{k}": v for k, v in plain.items()}
+    config_json = {**config.to_dict(), "architectures": ["SiglipVisionModel"]}
     snapshot = target_dir / "flux_redux_bfl"
     folder = snapshot / "image_encoder"
-    save_json({**config.to_dict(), "architectures": ["SiglipVisionModel"]}, folder / "config.json")
+    save_json(config_json, folder / "config.json")
     redux_file = save_safetensors(tensors, folder / "model.safetensors")
-    comfy_file = save_safetensors(tensors, target_dir / "comfy" / "sigclip_vision_patch14_384.safetensors")
-    return TinyImageEncoderFiles(comfy_file=comfy_file, redux_file=redux_file, snapshot=snapshot)
+    comfy_name = "sigclip_vision_patch14_384.safetensors"
+    comfy_file = save_safetensors(tensors, target_dir / "comfy" / comfy_name)
+    unprefixed_file, unprefixed_snapshot = _save_unprefixed(
+        plain, config_json, target_dir / UNPREFIXED / "image_encoder", target_dir / UNPREFIXED / comfy_name
+    )
+    return TinyImageEncoderFiles(
+        comfy_file=comfy_file,
+        redux_file=redux_file,
+        snapshot=snapshot,
+        unprefixed_file=unprefixed_file,
+        unprefixed_snapshot=unprefixed_snapshot,
+    )
 
 
 def save_tiny_encoder_kit(target_dir: Path) -> TinyEncoderKit:
