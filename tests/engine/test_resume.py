@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -31,10 +32,17 @@ KILL_AT_STEP_5 = textwrap.dedent(
 )
 
 
-def test_resume_after_a_kill_mid_epoch_matches_an_unbroken_run(toy, tmp_path):
+@pytest.mark.parametrize("seed", [3, 2**63 + 5])  # a seed beyond int64 once overflowed the batch seeds
+def test_resume_after_a_kill_mid_epoch_matches_an_unbroken_run(toy, tmp_path, seed):
     cache_all(toy)
     # 6 items in batches of 2: 3 steps per epoch, so the state of step 4 is in the middle of epoch 2.
-    common = {"max_train_epochs": 3, "save_every_n_steps": 2, "save_state": True, "network_dropout": 0.1}
+    common = {
+        "max_train_epochs": 3,
+        "save_every_n_steps": 2,
+        "save_state": True,
+        "network_dropout": 0.1,
+        "seed": seed,
+    }
     unbroken = tmp_path / "unbroken"
     run("train", train_values(toy, unbroken, **common))
 

@@ -235,3 +235,63 @@ def test_sampling_during_training_is_refused_up_front(workspace, cached, tmp_pat
             },
         )
     assert not (tmp_path / "last.safetensors").exists()
+
+
+def test_save_merged_model_needs_only_the_dit_and_the_lora(workspace, cached, tmp_path):
+    from safetensors.torch import load_file
+
+    from tuner_framepack.dit import load_dit
+
+    out = tmp_path / "out"
+    train = {
+        "dataset_config": workspace["dataset"],
+        "dit": workspace["dit"],
+        "output_dir": out,
+        "network_module": "lora",
+        "max_train_steps": 1,
+        "learning_rate": 1e-2,
+        "seed": 0,
+        "max_data_loader_n_workers": 0,
+    }
+    run("train", train)
+    merged_path = tmp_path / "merged.safetensors"
+    result = run(
+        "generate",
+        {
+            "dit": workspace["dit"],
+            "lora_weight": [out / "last.safetensors"],
+            "save_merged_model": merged_path,
+        },
+    )
+    assert result.outputs["merged model"] == [merged_path]
+    merged, base = load_file(str(merged_path)), load_dit(workspace["dit"]).state_dict()
+    assert merged.keys() == base.keys()
+    changed = [k for k in merged if not torch.equal(merged[k], base[k])]
+    assert changed and all(k.endswith(".weight") and "blocks" in k for k in changed)
+
+
+@pytest.mark.parametrize(("command", "limit"), [("train", 36), ("generate", 38)])
+def test_blocks_to_swap_is_checked_against_the_guide_limits_first(workspace, tmp_path, command, limit):
+    broken = tmp_path / "dit.safetensors"
+    broken.write_text("not a model")
+    values = {"dit": broken, "blocks_to_swap": limit + 1}
+    if command == "train":
+        values |= {"dataset_config": workspace["dataset"], "output_dir": tmp_path / "out"}
+    else:
+        values |= {"save_path": tmp_path, "prompt": "x", "vae": workspace["vae"]}
+    with pytest.raises(ConfigError, match=rf"--blocks_to_swap {limit + 1} is above .* \({limit}\)"):
+        run(command, values)
+
+
+def test_help_marks_what_is_not_available_yet(capsys):
+    from tuner_cli.main import main
+
+    assert main(["train", "--arch", "framepack", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    memory = text.split("memory options:", 1)[1]  # past the usage lines
+    for flag in ("--fp8_base", "--fp8_scaled", "--blocks_to_swap N"):
+        after = memory.split(flag + " ", 1)[1][:160]  # this option's help, a sentence or two
+        assert "Not available yet" in after, flag
+    assert "At most 36 for --arch framepack" in text
+    assert "Installed: lora (also" in text and "loha" not in text
+    assert "--one_frame Sample one-frame inference. Not available yet." in text
