@@ -3,7 +3,7 @@
 An architecture is an object registered through
 :func:`~tuner_core.hookspecs.tuner_register_architectures`. The core never imports an architecture; it
 only calls the methods below. Subclass :class:`Architecture` and fill in the class attributes and the
-methods a command needs (``NotImplementedError`` from a method means "this architecture cannot do that").
+methods a command needs; a method left out raises :class:`~tuner_core.errors.NotSupportedError`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from tuner_core.errors import NotSupportedError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from tuner_core.cache.record import CacheRecord
+    from tuner_core.config.train_options import TrainOptions
     from tuner_core.data.items import MediaItem, MediaSample
     from tuner_core.sampling.request import SampleRequest
 
@@ -92,16 +95,25 @@ class Architecture:
     cache_version: ClassVar[str] = "1"
     #: The component ``tuner train`` trains (loaded with :meth:`load_component`).
     trained_component: ClassVar[str] = "dit"
+    #: The commands this architecture supports (of :data:`COMMANDS`); others are refused up front.
+    commands: ClassVar[tuple[str, ...]] = COMMANDS
+    #: Whether :meth:`sample` is implemented: ``tuner generate`` and samples during training need it.
+    can_sample: ClassVar[bool] = False
+
+    def _not_supported(self, method: str) -> NotSupportedError:
+        return NotSupportedError(
+            f"--arch {self.name} cannot do this: its plugin does not implement {type(self).__name__}.{method}()"
+        )
 
     # -- models ------------------------------------------------------------------------------------
 
     def components(self, command: str, options: Any) -> tuple[str, ...]:
         """Names of the model components ``command`` needs (``"vae"``, ``"dit"``, ...), in load order."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement components()")
+        raise self._not_supported("components")
 
     def load_component(self, component: str, options: Any, device: torch.device) -> Any:
         """Load one component named by :meth:`components` onto ``device``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement load_component()")
+        raise self._not_supported("load_component")
 
     def cache_identity(self, command: str, options: Any) -> str:
         """A string that changes whenever ``command`` would write different caches for the same media.
@@ -123,35 +135,35 @@ class Architecture:
 
     def latent_cache_names(self, item: MediaItem, options: Any) -> list[str]:
         """File names (inside the item's cache directory) that caching ``item`` with ``options`` writes, in order."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement latent_cache_names()")
+        raise self._not_supported("latent_cache_names")
 
     def is_latent_cache(self, file_name: str) -> bool:
         """Whether a file in a cache directory is a latent cache of this architecture (for cleanup and training)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement is_latent_cache()")
+        raise self._not_supported("is_latent_cache")
 
     def encode_latents(
         self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
     ) -> list[list[CacheRecord]]:
         """Encode decoded, bucket-resized media: for each sample, the records named by :meth:`latent_cache_names`."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement encode_latents()")
+        raise self._not_supported("encode_latents")
 
     def text_cache_name(self, item: MediaItem) -> str:
         """File name of the text-condition cache of ``item``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement text_cache_name()")
+        raise self._not_supported("text_cache_name")
 
     def is_text_cache(self, file_name: str) -> bool:
         """Whether a file in a cache directory is a text cache of this architecture."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement is_text_cache()")
+        raise self._not_supported("is_text_cache")
 
     def text_cache_for(self, latent_cache_name: str) -> str:
         """File name of the text cache that belongs to a latent cache file."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement text_cache_for()")
+        raise self._not_supported("text_cache_for")
 
     def encode_text(
         self, captions: Sequence[str], models: Mapping[str, Any], options: Any
     ) -> list[dict[str, torch.Tensor]]:
         """Encode a batch of captions; one tensor mapping per caption."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement encode_text()")
+        raise self._not_supported("encode_text")
 
     def text_cache_metadata(self, caption: str) -> dict[str, str]:
         """Metadata written with a text cache file."""
@@ -166,7 +178,7 @@ class Architecture:
 
         The core stacks elements with equal shapes into batches. The clean latents must be under ``"latents"``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement batch_item()")
+        raise self._not_supported("batch_item")
 
     def validate_cache(
         self,
@@ -193,11 +205,29 @@ class Architecture:
 
         :param timesteps: noise level of each element on the 0-1000 scale, shape ``(B,)``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement predict()")
+        raise self._not_supported("predict")
 
-    def training_target(self, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """What :meth:`predict` should output; flow matching's velocity ``noise - latents`` by default."""
+    def training_target(
+        self, batch: Mapping[str, torch.Tensor], latents: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """What :meth:`predict` should output; flow matching's velocity ``noise - latents`` by default.
+
+        :param batch: the batch (an architecture may leave conditioning frames out of the target).
+        """
         return noise - latents
+
+    def compute_loss(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        sigmas: torch.Tensor,
+        batch: Mapping[str, torch.Tensor],
+        options: TrainOptions,
+    ) -> torch.Tensor:
+        """The loss of one step: mean squared error weighted per element by ``--weighting_scheme``."""
+        from tuner_core.training.loss import weighted_mse
+
+        return weighted_mse(prediction, target, sigmas, options.weighting_scheme)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters trained by full fine-tuning (no ``--network_module``); all of them by default."""
@@ -217,7 +247,7 @@ class Architecture:
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Generate one video for ``request``: pixels in ``[0, 1]``, shape ``(C, F, H, W)``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+        raise self._not_supported("sample")
 
     def generation_request(self, options: Any) -> SampleRequest:
         """The request ``tuner generate`` samples, from its validated options (override to add frames etc.)."""
@@ -238,11 +268,6 @@ class Architecture:
         """Components needed to sample during training, besides the trained model (loaded only when sampling)."""
         return ()
 
-    @property
-    def can_sample(self) -> bool:
-        """Whether this architecture implements :meth:`sample` (generation and samples during training)."""
-        return type(self).sample is not Architecture.sample
-
     # -- demo --------------------------------------------------------------------------------------
 
     def demo(self, directory: Path) -> Mapping[str, Mapping[str, Any]]:
@@ -250,4 +275,4 @@ class Architecture:
 
         :return: for each command in :data:`COMMANDS`, the option values to run it with (core and own).
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement demo()")
+        raise self._not_supported("demo")

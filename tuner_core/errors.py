@@ -25,6 +25,10 @@ class NotAvailableError(TunerError):
     exit_code = 2
 
 
+class NotSupportedError(NotAvailableError):
+    """The selected architecture does not do what was asked (a method its plugin does not implement)."""
+
+
 class DataError(TunerError):
     """Input data (a video, an image, a caption, a cache file) cannot be used."""
 

@@ -5,8 +5,9 @@ Three kinds (the reasoning is in docs/architecture.md):
 * **Registries** (``tuner_register_*``) hand the plugin a ``register`` callback. Each registered object
   has a unique ``name``; two plugins registering the same name is an error naming both.
 * **Per-call hooks** (``firstresult``) answer one question for one call: load this component, encode
-  these items, compute this loss, sample this video. A plugin returns ``None`` to pass; the core's
-  own implementation runs last and asks the architecture object.
+  these items, batch this cache, predict, compute this loss, sample this video. Every such call the
+  engine makes goes through its hook. A plugin returns ``None`` to pass; the core's own implementation
+  runs last and calls the architecture's method of the same meaning (:data:`ARCHITECTURE_METHODS`).
 * **Lifecycle hooks** are broadcast to every plugin; their return values are ignored.
 
 A plugin implements a hook by defining a function with the hook's name, decorated with
@@ -119,6 +120,54 @@ def tuner_encode_text(
 
 
 @hookspec(firstresult=True)
+def tuner_batch_item(
+    architecture: Architecture,
+    latent_tensors: Mapping[str, torch.Tensor],
+    text_tensors: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor] | None:
+    """Turn one latent cache and its text cache into the named tensors of one batch element.
+
+    Runs in the data-loader worker processes (the plugin manager is rebuilt there).
+
+    :param latent_tensors: the tensors of one latent cache file, by their stored names.
+    :param text_tensors: the tensors of the text cache that belongs to it.
+    :return: ``{name: tensor}`` with the clean latents under ``"latents"``, or ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
+def tuner_predict(
+    architecture: Architecture,
+    model: torch.nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    options: Any,
+) -> torch.Tensor | None:
+    """Run the denoiser on one training batch (the forward of every training step).
+
+    :param model: the trained component, with its network applied.
+    :param noisy_latents: the noised clean latents of the batch.
+    :param timesteps: the noise level of each element on the 0-1000 scale, shape ``(B,)``.
+    :return: the prediction, shaped like the training target, or ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
+def tuner_training_target(
+    architecture: Architecture,
+    batch: Mapping[str, torch.Tensor],
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor | None:
+    """What the prediction of a training step is compared with (flow matching: ``noise - latents``).
+
+    :param batch: the batch, so an architecture can keep a clean conditioning frame out of the target.
+    :param latents: the clean latents; ``noise``: the noise they were mixed with.
+    """
+
+
+@hookspec(firstresult=True)
 def tuner_compute_loss(
     architecture: Architecture,
     prediction: torch.Tensor,
@@ -129,7 +178,8 @@ def tuner_compute_loss(
 ) -> torch.Tensor | None:
     """Reduce one training step's prediction and target to a scalar loss.
 
-    The core's default is the mean squared error weighted by ``--weighting_scheme``.
+    The default (:meth:`~tuner_core.architecture.Architecture.compute_loss`) is the mean squared error
+    weighted by ``--weighting_scheme``.
 
     :param prediction: the model output, shaped like ``target``.
     :param target: what the model should predict (for flow matching: noise minus clean latents).
@@ -155,6 +205,20 @@ def tuner_sample(
     :param generator: the random generator to draw noise from.
     :return: pixels in ``[0, 1]`` shaped ``(C, F, H, W)``, or ``None`` to pass.
     """
+
+
+#: The :class:`~tuner_core.architecture.Architecture` method that answers each per-call hook last; it
+#: takes the hook's arguments without ``architecture``.
+ARCHITECTURE_METHODS = {
+    "tuner_load_model": "load_component",
+    "tuner_encode_latents": "encode_latents",
+    "tuner_encode_text": "encode_text",
+    "tuner_batch_item": "batch_item",
+    "tuner_predict": "predict",
+    "tuner_training_target": "training_target",
+    "tuner_compute_loss": "compute_loss",
+    "tuner_sample": "sample",
+}
 
 
 # --------------------------------------------------------------------------------------------------

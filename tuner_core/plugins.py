@@ -22,14 +22,9 @@ from tuner_core.errors import PluginError
 from tuner_core.registry import Registry
 
 if TYPE_CHECKING:
-    import torch
-
     from tuner_core.architecture import Architecture
-    from tuner_core.cache.record import CacheRecord
-    from tuner_core.data.items import MediaSample
     from tuner_core.memory.strategy import MemoryStrategy
     from tuner_core.network import NetworkType
-    from tuner_core.sampling.request import SampleRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +107,10 @@ def make_plugin_manager(
         manager.register(plugin, name=name)
 
     unknown = _check_pending(manager, strict)
-    return Plugins(manager, failures=failures, distributions=dists, unknown_hooks=unknown, strict=strict)
+    recipe = {"entry_points": entry_points, "only": only, "strict": strict, "plugins": plugins}
+    return Plugins(
+        manager, failures=failures, distributions=dists, unknown_hooks=unknown, strict=strict, recipe=recipe
+    )
 
 
 def _load_entry_points(
@@ -191,8 +189,12 @@ def _check_pending(manager: pluggy.PluginManager, strict: bool) -> list[tuple[st
     return unknown
 
 
+def _remake(recipe: Mapping[str, Any]) -> Plugins:
+    return make_plugin_manager(**recipe)
+
+
 class Plugins:
-    """Typed access to the loaded plugins: registries, per-call hooks and lifecycle hooks."""
+    """The loaded plugins: their registries, the hook relay, and what ``tuner plugins`` shows."""
 
     def __init__(
         self,
@@ -202,11 +204,13 @@ class Plugins:
         distributions: Mapping[str, metadata.Distribution] | None = None,
         unknown_hooks: Sequence[tuple[str, str]] = (),
         strict: bool = False,
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.manager = manager
         self.failures = list(failures)
         self.unknown_hooks = list(unknown_hooks)
         self.strict = strict
+        self._recipe = recipe
         self._distributions = dict(distributions or {})
         self._registries: dict[str, Registry[Any]] = {}
 
@@ -253,73 +257,21 @@ class Plugins:
         """All registered memory strategies."""
         return self._registry("tuner_register_memory_strategies", "memory strategy")
 
-    # -- per-call hooks ----------------------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it: a spawned data-loader worker loads the same plugins again."""
+        if self._recipe is None:
+            raise TypeError("only a Plugins made by make_plugin_manager() can be pickled")
+        return (_remake, (dict(self._recipe),))
 
-    def load_model(
-        self, architecture: Architecture, component: str, options: Any, device: torch.device
-    ) -> Any:
-        """Load one component of ``architecture`` (see :func:`~tuner_core.hookspecs.tuner_load_model`)."""
-        return self.manager.hook.tuner_load_model(
-            architecture=architecture, component=component, options=options, device=device
-        )
-
-    def encode_latents(
-        self,
-        architecture: Architecture,
-        samples: Sequence[MediaSample],
-        models: Mapping[str, Any],
-        options: Any,
-    ) -> list[list[CacheRecord]]:
-        """Encode media samples into cache records (see :func:`~tuner_core.hookspecs.tuner_encode_latents`)."""
-        return self.manager.hook.tuner_encode_latents(
-            architecture=architecture, samples=samples, models=models, options=options
-        )
-
-    def encode_text(
-        self, architecture: Architecture, captions: Sequence[str], models: Mapping[str, Any], options: Any
-    ) -> list[dict[str, torch.Tensor]]:
-        """Encode captions (see :func:`~tuner_core.hookspecs.tuner_encode_text`)."""
-        return self.manager.hook.tuner_encode_text(
-            architecture=architecture, captions=captions, models=models, options=options
-        )
-
-    def compute_loss(
-        self,
-        architecture: Architecture,
-        prediction: torch.Tensor,
-        target: torch.Tensor,
-        sigmas: torch.Tensor,
-        batch: Mapping[str, torch.Tensor],
-        options: Any,
-    ) -> torch.Tensor:
-        """The training loss of one step (see :func:`~tuner_core.hookspecs.tuner_compute_loss`)."""
-        return self.manager.hook.tuner_compute_loss(
-            architecture=architecture,
-            prediction=prediction,
-            target=target,
-            sigmas=sigmas,
-            batch=batch,
-            options=options,
-        )
-
-    def sample(
-        self,
-        architecture: Architecture,
-        models: Mapping[str, Any],
-        request: SampleRequest,
-        options: Any,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        """Generate one sample video (see :func:`~tuner_core.hookspecs.tuner_sample`)."""
-        return self.manager.hook.tuner_sample(
-            architecture=architecture, models=models, request=request, options=options, generator=generator
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- hooks -------------------------------------------------------------------------------------
 
     @property
     def hook(self) -> Any:
-        """The raw pluggy hook relay, for the lifecycle hooks (``plugins.hook.tuner_on_step_end(...)``)."""
+        """The hook relay: ``plugins.hook.tuner_encode_text(architecture=..., captions=..., ...)``.
+
+        Every hook of :mod:`tuner_core.hookspecs` is called through it, by keyword; a per-call hook
+        returns the first answer that is not ``None`` (the architecture answers last).
+        """
         return self.manager.hook
 
     # -- introspection -----------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class EchoArch(Architecture):
         return torch.full((3, 1, 2, 2), 0.5)
 
 
+CPU = torch.device("cpu")
+
+
 class Options:
     weighting_scheme = "none"
 
@@ -42,7 +45,11 @@ def manager(*extra):
 def test_hook_tuner_load_model_defaults_to_architecture_and_can_be_taken_over():
     plugins = manager()
     arch = plugins.architecture("echo")
-    assert plugins.load_model(arch, "vae", None, torch.device("cpu")) == ("arch", "vae", "cpu")
+    assert plugins.hook.tuner_load_model(architecture=arch, component="vae", options=None, device=CPU) == (
+        "arch",
+        "vae",
+        "cpu",
+    )
 
     class GgufLoader:
         @hookimpl
@@ -51,19 +58,28 @@ def test_hook_tuner_load_model_defaults_to_architecture_and_can_be_taken_over():
 
     plugins = manager(GgufLoader())
     arch = plugins.architecture("echo")
-    assert plugins.load_model(arch, "dit", None, torch.device("cpu")) == "gguf"
-    assert plugins.load_model(arch, "vae", None, torch.device("cpu"))[0] == "arch"
+    assert (
+        plugins.hook.tuner_load_model(architecture=arch, component="dit", options=None, device=CPU) == "gguf"
+    )
+    assert (
+        plugins.hook.tuner_load_model(architecture=arch, component="vae", options=None, device=CPU)[0]
+        == "arch"
+    )
 
 
 def test_hook_tuner_encode_latents():
     plugins = manager()
-    records = plugins.encode_latents(plugins.architecture("echo"), ["a", "b"], {}, None)
+    records = plugins.hook.tuner_encode_latents(
+        architecture=plugins.architecture("echo"), samples=["a", "b"], models={}, options=None
+    )
     assert [r[0].name for r in records] == ["a.safetensors", "b.safetensors"]
 
 
 def test_hook_tuner_encode_text():
     plugins = manager()
-    out = plugins.encode_text(plugins.architecture("echo"), ["abc", "de"], {}, None)
+    out = plugins.hook.tuner_encode_text(
+        architecture=plugins.architecture("echo"), captions=["abc", "de"], models={}, options=None
+    )
     assert [int(o["len"]) for o in out] == [3, 2]
 
 
@@ -71,7 +87,15 @@ def test_hook_tuner_compute_loss_default_and_override():
     plugins = manager()
     arch = plugins.architecture("echo")
     pred, target = torch.ones(2, 3), torch.zeros(2, 3)
-    assert plugins.compute_loss(arch, pred, target, torch.full((2,), 0.5), {}, Options()).item() == 1.0
+    loss = plugins.hook.tuner_compute_loss(
+        architecture=arch,
+        prediction=pred,
+        target=target,
+        sigmas=torch.full((2,), 0.5),
+        batch={},
+        options=Options(),
+    )
+    assert loss.item() == 1.0
 
     class L1:
         @hookimpl
@@ -79,18 +103,63 @@ def test_hook_tuner_compute_loss_default_and_override():
             return (prediction - target).abs().sum()
 
     plugins = manager(L1())
-    assert (
-        plugins.compute_loss(plugins.architecture("echo"), pred, target, torch.ones(2), {}, Options()).item()
-        == 6.0
+    loss = plugins.hook.tuner_compute_loss(
+        architecture=plugins.architecture("echo"),
+        prediction=pred,
+        target=target,
+        sigmas=torch.ones(2),
+        batch={},
+        options=Options(),
     )
+    assert loss.item() == 6.0
 
 
 def test_hook_tuner_sample():
     plugins = manager()
-    video = plugins.sample(
-        plugins.architecture("echo"), {}, SampleRequest(prompt="p"), None, torch.Generator()
+    video = plugins.hook.tuner_sample(
+        architecture=plugins.architecture("echo"),
+        models={},
+        request=SampleRequest(prompt="p"),
+        options=None,
+        generator=torch.Generator(),
     )
     assert video.shape == (3, 1, 2, 2)
+
+
+def test_hook_tuner_batch_item_tuner_predict_tuner_training_target_default_to_the_architecture():
+    class Arch(EchoArch):
+        name: ClassVar[str] = "echo"
+
+        def batch_item(self, latent_tensors, text_tensors):
+            return {"latents": latent_tensors["x"] + text_tensors["t"]}
+
+        def predict(self, model, batch, noisy_latents, timesteps, options):
+            return model(noisy_latents) * timesteps
+
+    class Register:
+        @hookimpl
+        def tuner_register_architectures(self, register):
+            register(Arch())
+
+    plugins = make_plugin_manager(entry_points=False, plugins=[Register()])
+    arch = plugins.architecture("echo")
+    item = plugins.hook.tuner_batch_item(
+        architecture=arch, latent_tensors={"x": torch.ones(2)}, text_tensors={"t": torch.ones(2)}
+    )
+    assert torch.equal(item["latents"], torch.full((2,), 2.0))
+    prediction = plugins.hook.tuner_predict(
+        architecture=arch,
+        model=lambda x: 2 * x,
+        batch={},
+        noisy_latents=torch.ones(2),
+        timesteps=torch.full((2,), 3.0),
+        options=None,
+    )
+    assert torch.equal(prediction, torch.full((2,), 6.0))
+    target = plugins.hook.tuner_training_target(
+        architecture=arch, batch={}, latents=torch.ones(2), noise=torch.zeros(2)
+    )
+    assert torch.equal(target, -torch.ones(2))
 
 
 class Recorder:

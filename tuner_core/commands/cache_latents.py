@@ -101,7 +101,9 @@ def cache_latents(
                     counts["skipped"] += len(batch) - len(samples)
                     if samples:
                         with torch.no_grad():
-                            records = plugins.encode_latents(architecture, samples, models, combined)
+                            records = plugins.hook.tuner_encode_latents(
+                                architecture=architecture, samples=samples, models=models, options=combined
+                            )
                         for sample, item_records in zip(samples, records):
                             for record in item_records:
                                 write_record(ds.cache_directory, record, fingerprints[id(sample.item)])

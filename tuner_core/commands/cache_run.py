@@ -58,4 +58,9 @@ class CacheRun:
         """The components the architecture encodes with, on ``--device``."""
         device = resolve_device(self.options.device)
         names = self.architecture.components(self.command, self.options)
-        return {name: plugins.load_model(self.architecture, name, self.options, device) for name in names}
+        return {
+            name: plugins.hook.tuner_load_model(
+                architecture=self.architecture, component=name, options=self.options, device=device
+            )
+            for name in names
+        }

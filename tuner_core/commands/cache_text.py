@@ -64,8 +64,11 @@ def cache_text(
                 for start in range(0, len(todo), size):
                     chunk = todo[start : start + size]
                     with torch.no_grad():
-                        encoded = plugins.encode_text(
-                            architecture, [c for _, c, _ in chunk], models, combined
+                        encoded = plugins.hook.tuner_encode_text(
+                            architecture=architecture,
+                            captions=[c for _, c, _ in chunk],
+                            models=models,
+                            options=combined,
                         )
                     for (name, caption, fp), tensors in zip(chunk, encoded):
                         record = CacheRecord(name, tensors, architecture.text_cache_metadata(caption))

@@ -114,7 +114,9 @@ def _save_merged_model(
     options: CommandOptions, architecture: Architecture, plugins: Plugins, device: torch.device
 ) -> CommandResult:
     core = options.core
-    denoiser = plugins.load_model(architecture, architecture.trained_component, options, device)
+    denoiser = plugins.hook.tuner_load_model(
+        architecture=architecture, component=architecture.trained_component, options=options, device=device
+    )
     merge_networks(denoiser, core, architecture, plugins)
     atomic_write_safetensors(core.save_merged_model, denoiser.state_dict(), {})
     return CommandResult("generate", {"merged model": [core.save_merged_model]})
@@ -130,7 +132,9 @@ def run_generate(
         return _save_merged_model(combined, architecture, plugins, device)
     models: dict[str, Any] = {}
     for component in architecture.components("generate", combined):
-        models[component] = plugins.load_model(architecture, component, combined, device)
+        models[component] = plugins.hook.tuner_load_model(
+            architecture=architecture, component=component, options=combined, device=device
+        )
     denoiser = models[architecture.trained_component]
     merge_networks(denoiser, options, architecture, plugins)
     apply_memory_strategies(
@@ -141,7 +145,9 @@ def run_generate(
     seed = request.seed if request.seed is not None else random_seed()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        video = plugins.sample(architecture, models, request, combined, generator)
+        video = plugins.hook.tuner_sample(
+            architecture=architecture, models=models, request=request, options=combined, generator=generator
+        )
     frames = to_uint8_frames(video)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{seed}"
     written: list[Path] = []

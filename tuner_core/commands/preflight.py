@@ -20,7 +20,7 @@ import attrs
 from tuner_core.architecture import Architecture
 from tuner_core.commands.generate import network_file_problems
 from tuner_core.config.dataset import load_dataset_config
-from tuner_core.errors import ConfigError, NotAvailableError, TunerError
+from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
 from tuner_core.options import CommandOptions, meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
@@ -63,6 +63,12 @@ class Problems:
 
 def preflight(command: str, options: CommandOptions, architecture: Architecture, plugins: Plugins) -> None:
     """Check ``command``'s options without loading a model; raise one :class:`ConfigError` for all problems."""
+    if command not in architecture.commands:
+        raise NotSupportedError(
+            f"--arch {architecture.name} does not support tuner {command} (it supports "
+            + ", ".join(architecture.commands)
+            + ")"
+        )
     problems = Problems()
     for part in (options.core, options.arch):
         if part is not None:

@@ -12,7 +12,6 @@ from tuner_core.commands.generate import run_generate
 from tuner_core.commands.preflight import preflight
 from tuner_core.commands.result import CommandResult
 from tuner_core.commands.train import run_train
-from tuner_core.errors import NotAvailableError
 from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
@@ -40,7 +39,4 @@ def run_command(
     Pre-flight runs first: every check that needs no model, all problems in one :class:`ConfigError`.
     """
     preflight(command, CommandOptions(options, arch_options), architecture, plugins)
-    try:
-        return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)
-    except NotImplementedError as exc:  # a step the architecture plugin does not provide (yet)
-        raise NotAvailableError(f"tuner {command} --arch {architecture.name}: {exc}") from exc
+    return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)

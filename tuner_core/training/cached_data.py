@@ -21,6 +21,7 @@ from tuner_core.architecture import Architecture
 from tuner_core.cache.store import load_tensors, read_header
 from tuner_core.config.dataset import DatasetConfig
 from tuner_core.errors import ConfigError, DataError
+from tuner_core.plugins import Plugins
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ def find_cached_items(config: DatasetConfig, architecture: Architecture, options
 class CachedItemsDataset(Dataset):
     """Map-style dataset: index -> the architecture's tensors for one cached item."""
 
-    def __init__(self, items: Sequence[CachedItem], architecture: Architecture) -> None:
+    def __init__(self, items: Sequence[CachedItem], architecture: Architecture, plugins: Plugins) -> None:
         self.items = list(items)
         self.architecture = architecture
+        self.plugins = plugins  # pickled into spawned workers (the manager is rebuilt there)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,7 +95,9 @@ class CachedItemsDataset(Dataset):
             text = load_tensors(item.text_path)
         except Exception as exc:  # the header was fine when listed; the data region may not be
             raise DataError(f"cannot read cache {item.latent_path} / {item.text_path.name}: {exc}") from exc
-        return self.architecture.batch_item(latents, text)
+        return self.plugins.hook.tuner_batch_item(
+            architecture=self.architecture, latent_tensors=latents, text_tensors=text
+        )
 
 
 def stack_batch(elements: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

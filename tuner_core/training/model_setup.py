@@ -29,23 +29,36 @@ class DenoiserStep(nn.Module):
     """The module accelerate prepares: the denoiser plus its network, called once per batch.
 
     Wrapping both in one module lets DDP/FSDP see the network's parameters (which live outside the
-    denoiser's module tree) and keeps the architecture's ``predict`` as the only model-specific call.
+    denoiser's module tree) and keeps ``tuner_predict`` as the only model-specific call.
     """
 
     def __init__(
-        self, architecture: Architecture, model: nn.Module, network: nn.Module | None, options: Any
+        self,
+        architecture: Architecture,
+        plugins: Plugins,
+        model: nn.Module,
+        network: nn.Module | None,
+        options: Any,
     ) -> None:
         super().__init__()
         self.model = model
         self.network = network
         self._architecture = architecture
+        self._plugins = plugins
         self._options = options
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], noisy_latents: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """The architecture's prediction for one batch."""
-        return self._architecture.predict(self.model, batch, noisy_latents, timesteps, self._options)
+        """The prediction for one batch (``tuner_predict``: the architecture's, unless a plugin answers)."""
+        return self._plugins.hook.tuner_predict(
+            architecture=self._architecture,
+            model=self.model,
+            batch=batch,
+            noisy_latents=noisy_latents,
+            timesteps=timesteps,
+            options=self._options,
+        )
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a weights file holds: the network's adapter weights, or the whole denoiser when fine-tuning."""
@@ -101,7 +114,9 @@ def prepare_model(
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
     core = options.core
     settings = memory_settings(core, training=True)
-    model: nn.Module = plugins.load_model(architecture, architecture.trained_component, options, device)
+    model: nn.Module = plugins.hook.tuner_load_model(
+        architecture=architecture, component=architecture.trained_component, options=options, device=device
+    )
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
 
@@ -110,7 +125,7 @@ def prepare_model(
         wanted = {id(p) for p in params}
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
-        step = DenoiserStep(architecture, model, None, options)
+        step = DenoiserStep(architecture, plugins, model, None, options)
         return PreparedModel(step, [{"params": params, "lr": core.learning_rate}], None, {}, None, applied)
 
     network_type = plugins.network(core.network_module)
@@ -137,5 +152,5 @@ def prepare_model(
     if not isinstance(network, nn.Module):
         raise ConfigError(f"network type {network_type.name!r} did not return a torch module")
     network.to(device)
-    step = DenoiserStep(architecture, model, network, options)
+    step = DenoiserStep(architecture, plugins, model, network, options)
     return PreparedModel(step, network.parameter_groups(core.learning_rate), network_type, args, dim, applied)

@@ -101,7 +101,9 @@ class TrainingSampler:
         models: dict[str, Any] = {self.architecture.trained_component: model}
         try:
             for name in self.architecture.sample_components(self.options):
-                models[name] = self.plugins.load_model(self.architecture, name, self.options, device)
+                models[name] = self.plugins.hook.tuner_load_model(
+                    architecture=self.architecture, component=name, options=self.options, device=device
+                )
             stamp = time.strftime("%Y%m%d%H%M%S")
             label = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
             paths = []
@@ -111,7 +113,13 @@ class TrainingSampler:
                 )
                 generator = torch.Generator().manual_seed(seed)
                 with torch.no_grad(), self.accelerator.autocast():
-                    video = self.plugins.sample(self.architecture, models, request, self.options, generator)
+                    video = self.plugins.hook.tuner_sample(
+                        architecture=self.architecture,
+                        models=models,
+                        request=request,
+                        options=self.options,
+                        generator=generator,
+                    )
                 frames = to_uint8_frames(video)
                 stem = f"{core.output_name}_{label}_{index:02d}_{stamp}_{seed}"
                 directory = core.output_dir / "sample"

@@ -119,7 +119,7 @@ def train(
     )
     workers = data_loader_workers(core.max_data_loader_n_workers)
     loader = DataLoader(
-        CachedItemsDataset(items, architecture),
+        CachedItemsDataset(items, architecture, plugins),
         batch_sampler=sampler,
         collate_fn=stack_batch,
         num_workers=workers,
@@ -324,5 +324,14 @@ def _loss(
     noisy = timesteps.noisy_input(latents, generator=generator)
     with accelerator.autocast():
         prediction = step_module(batch, noisy.noisy_latents, noisy.timesteps)
-    target = architecture.training_target(latents, noisy.noise)
-    return plugins.compute_loss(architecture, prediction, target, noisy.sigmas, batch, options.core)
+    target = plugins.hook.tuner_training_target(
+        architecture=architecture, batch=batch, latents=latents, noise=noisy.noise
+    )
+    return plugins.hook.tuner_compute_loss(
+        architecture=architecture,
+        prediction=prediction,
+        target=target,
+        sigmas=noisy.sigmas,
+        batch=batch,
+        options=options.core,
+    )

@@ -44,6 +44,7 @@ class ToyArchitecture(Architecture):
 
     name: ClassVar[str] = "toy"
     title: ClassVar[str] = "Toy flow-matching video model (tests and demo)"
+    can_sample: ClassVar[bool] = True
     options = {
         "cache-latents": ToyCacheLatentsOptions,
         "cache-text": ToyCacheTextOptions,
