@@ -1,6 +1,8 @@
 """tuner's architecture-neutral core: plugin system, configs, data, cache store and training engine.
 
-The names below are the public API that plugins and embedding programs use.
+The public API that plugins and embedding programs use: the names in ``__all__`` below, and the
+submodules in :data:`PUBLIC_MODULES` with their own ``__all__``. Everything else may change without notice
+(a test checks that the built-in plugins and the toy import nothing else).
 """
 
 from tuner_core.architecture import COMMANDS, Architecture, MediaRules, ModelLayout
@@ -21,10 +23,17 @@ from tuner_core.errors import (
 from tuner_core.hookspecs import hookimpl
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.network import Network, NetworkType
-from tuner_core.options import build_options, option
+from tuner_core.options import at_least, build_options, option
 from tuner_core.plugins import Plugins, make_plugin_manager
 from tuner_core.sampling.request import SampleRequest
 from tuner_core.training.run import TrainingRun
+
+#: Submodules plugins may import from (each documents its names in ``__all__``).
+PUBLIC_MODULES = (
+    "tuner_core.attention",  # attention backends (sdpa, flash, sage, xformers) behind one call
+    "tuner_core.media",  # reading and writing images and videos
+    "tuner_core.weights",  # reading checkpoints in every format, streaming them into models, saving
+)
 
 __all__ = [
     "COMMANDS",
@@ -52,7 +61,9 @@ __all__ = [
     "SampleRequest",
     "TrainOptions",
     "TrainingRun",
+    "PUBLIC_MODULES",
     "TunerError",
+    "at_least",
     "build_options",
     "hookimpl",
     "load_dataset_config",

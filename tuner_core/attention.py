@@ -28,6 +28,14 @@ import torch.nn.functional as F
 from tuner_core.errors import ConfigError, NotAvailableError
 
 #: The attention backends, by canonical name.
+__all__ = [
+    "ATTENTION_ALIASES",
+    "ATTENTION_BACKENDS",
+    "attention",
+    "check_attention_backend",
+    "normalize_attn_mode",
+]
+
 ATTENTION_BACKENDS = ("sdpa", "flash", "sage", "xformers")
 
 #: Other spellings accepted for the backends (the reference tools' option values).

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from tuner_core import ConfigError, option
-from tuner_core.options import at_least
+from tuner_core import ConfigError, at_least, option
 
 MODELS, VAE, SECTIONS = "models", "VAE memory", "sections"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner_core.media.write import write_video
+from tuner_core.media import write_video
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}

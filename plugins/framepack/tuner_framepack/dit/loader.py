@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 import torch
 
+from tuner_core import ModelLoadError
 from tuner_core.attention import check_attention_backend
-from tuner_core.errors import ModelLoadError
 from tuner_core.weights import (
     CheckpointFiles,
     TensorInfo,
