@@ -6,6 +6,7 @@ submodules in :data:`PUBLIC_MODULES` with their own ``__all__``. Everything else
 """
 
 from tuner_core.architecture import COMMANDS, Architecture, MediaRules, ModelLayout
+from tuner_core.cache.naming import CacheNaming, LatentCacheName
 from tuner_core.cache.record import CacheRecord
 from tuner_core.config.cache_options import CacheLatentsOptions, CacheTextOptions
 from tuner_core.config.dataset import DatasetConfig, DatasetSettings, load_dataset_config
@@ -39,6 +40,7 @@ __all__ = [
     "COMMANDS",
     "Architecture",
     "CacheLatentsOptions",
+    "CacheNaming",
     "CacheRecord",
     "CacheTextOptions",
     "ConfigError",
@@ -46,6 +48,7 @@ __all__ = [
     "DatasetConfig",
     "DatasetSettings",
     "GenerateOptions",
+    "LatentCacheName",
     "MediaItem",
     "MediaRules",
     "MediaSample",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from tuner_core.cache.naming import CacheNaming
 from tuner_core.errors import NotSupportedError
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ class Architecture:
     layout: ClassVar[ModelLayout] = ModelLayout()
     #: Bumped whenever cache contents change meaning; part of every cache fingerprint.
     cache_version: ClassVar[str] = "1"
+    #: What cache file names end in (``fp``: ``clip_00000-037_0640x0480_fp.safetensors``); default: ``name``.
+    cache_short_name: ClassVar[str | None] = None
     #: The component ``tuner train`` trains (loaded with :meth:`load_component`).
     trained_component: ClassVar[str] = "dit"
     #: The commands this architecture supports (of :data:`COMMANDS`); others are refused up front.
@@ -133,13 +136,27 @@ class Architecture:
 
     # -- caching -----------------------------------------------------------------------------------
 
+    @property
+    def cache_naming(self) -> CacheNaming:
+        """The cache file names: the reference tool's grammar ending in ``_{cache_short_name}`` (or the
+        architecture's name)."""
+        return CacheNaming(self.cache_short_name or self.name)
+
+    def latent_cache_parts(self, item: MediaItem, options: Any) -> int | None:
+        """How many cache files a clip of ``item`` is split into (``None``: one, named without a part)."""
+        return None
+
     def latent_cache_names(self, item: MediaItem, options: Any) -> list[str]:
-        """File names (inside the item's cache directory) that caching ``item`` with ``options`` writes, in order."""
-        raise self._not_supported("latent_cache_names")
+        """File names (in the item's cache directory) caching ``item`` writes, in order (default: the
+        reference's grammar, one per part)."""
+        parts = self.latent_cache_parts(item, options) if item.is_video else None
+        if parts is None:
+            return [self.cache_naming.latent_name(item)]
+        return [self.cache_naming.latent_name(item, part) for part in range(parts)]
 
     def is_latent_cache(self, file_name: str) -> bool:
-        """Whether a file in a cache directory is a latent cache of this architecture (for cleanup and training)."""
-        raise self._not_supported("is_latent_cache")
+        """Whether a file in a cache directory is a latent cache of this architecture (cleanup, training)."""
+        return self.cache_naming.is_latent(file_name)
 
     def encode_latents(
         self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
@@ -148,16 +165,16 @@ class Architecture:
         raise self._not_supported("encode_latents")
 
     def text_cache_name(self, item: MediaItem) -> str:
-        """File name of the text-condition cache of ``item``."""
-        raise self._not_supported("text_cache_name")
+        """File name of the text-condition cache of ``item`` (shared by all clips of its source)."""
+        return self.cache_naming.text_name(item.stem)
 
     def is_text_cache(self, file_name: str) -> bool:
         """Whether a file in a cache directory is a text cache of this architecture."""
-        raise self._not_supported("is_text_cache")
+        return self.cache_naming.is_text(file_name)
 
     def text_cache_for(self, latent_cache_name: str) -> str:
         """File name of the text cache that belongs to a latent cache file."""
-        raise self._not_supported("text_cache_for")
+        return self.cache_naming.text_for(latent_cache_name)
 
     def encode_text(
         self, captions: Sequence[str], models: Mapping[str, Any], options: Any

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tuner_core import ConfigError, DataError, MediaItem
+from tuner_core import ConfigError, DataError, LatentCacheName, MediaItem
 from tuner_framepack import cache_format as cf
 from tuner_framepack.sections import ClipTooShortError, clip_sections, one_frame_section
 
@@ -67,8 +67,8 @@ def test_section_names_follow_the_reference_pattern():
 
 def test_image_and_text_names():
     assert cf.latent_cache_names(image_item(), 9) == ["photo_1_0512x0768_fp.safetensors"]
-    assert cf.latent_cache_name(image_item("x", (64, 10000))) == "x_0064x10000_fp.safetensors"
-    assert cf.text_cache_name("walk_cycle_v2") == "walk_cycle_v2_fp_te.safetensors"
+    assert cf.NAMING.latent_name(image_item("x", (64, 10000))) == "x_0064x10000_fp.safetensors"
+    assert cf.NAMING.text_name("walk_cycle_v2") == "walk_cycle_v2_fp_te.safetensors"
 
 
 def test_too_short_clip_names_its_source():
@@ -90,45 +90,43 @@ def test_too_short_clip_names_its_source():
     ],
 )
 def test_cache_kinds(name, latent, text):
-    assert cf.is_latent_cache(name) is latent
-    assert cf.is_text_cache(name) is text
+    assert cf.NAMING.is_latent(name) is latent
+    assert cf.NAMING.is_text(name) is text
 
 
 def test_parse_and_text_cache_for_read_tokens_from_the_end():
-    parsed = cf.parse_latent_cache_name("walk_cycle_v2_00012-081-0001_1920x1080_fp.safetensors")
-    assert parsed == cf.LatentCacheName(
-        "walk_cycle_v2", 1920, 1080, frame_position=12, frame_count=81, section=1
-    )
+    parsed = cf.NAMING.parse_latent("walk_cycle_v2_00012-081-0001_1920x1080_fp.safetensors")
+    assert parsed == LatentCacheName("walk_cycle_v2", 1920, 1080, frame_position=12, frame_count=81, part=1)
     assert parsed.is_video
-    image = cf.parse_latent_cache_name("photo_1_0512x0768_fp.safetensors")
-    assert image == cf.LatentCacheName("photo_1", 512, 768)
+    image = cf.NAMING.parse_latent("photo_1_0512x0768_fp.safetensors")
+    assert image == LatentCacheName("photo_1", 512, 768)
     assert not image.is_video
-    no_section = cf.parse_latent_cache_name("v_00000-037_0064x0064_fp.safetensors")
-    assert (no_section.stem, no_section.frame_count, no_section.section) == ("v", 37, None)
-    assert cf.text_cache_for("walk_cycle_v2_00012-081-0001_1920x1080_fp.safetensors") == (
+    no_section = cf.NAMING.parse_latent("v_00000-037_0064x0064_fp.safetensors")
+    assert (no_section.stem, no_section.frame_count, no_section.part) == ("v", 37, None)
+    assert cf.NAMING.text_for("walk_cycle_v2_00012-081-0001_1920x1080_fp.safetensors") == (
         "walk_cycle_v2_fp_te.safetensors"
     )
-    assert cf.text_cache_for("photo_1_0512x0768_fp.safetensors") == "photo_1_fp_te.safetensors"
+    assert cf.NAMING.text_for("photo_1_0512x0768_fp.safetensors") == "photo_1_fp_te.safetensors"
     # An image whose stem ends like a clip token: the dataset kind decides, as in the reference.
-    assert cf.text_cache_for("scan_00001-002_0512x0512_fp.safetensors", is_video=False) == (
+    assert cf.NAMING.text_for("scan_00001-002_0512x0512_fp.safetensors", is_video=False) == (
         "scan_00001-002_fp_te.safetensors"
     )
     # An image named only by digits has no stem before the size, so it is never read as a clip.
-    assert cf.text_cache_for("00001-002_0512x0512_fp.safetensors") == "00001-002_fp_te.safetensors"
+    assert cf.NAMING.text_for("00001-002_0512x0512_fp.safetensors") == "00001-002_fp_te.safetensors"
 
 
 def test_names_round_trip_through_the_parser():
     item = video_item("a_b_c", start=3, frames=109, size=(720, 1280))
     for section, name in enumerate(cf.latent_cache_names(item, 9)):
-        parsed = cf.parse_latent_cache_name(name)
-        assert (parsed.stem, parsed.frame_position, parsed.frame_count, parsed.section) == (
+        parsed = cf.NAMING.parse_latent(name)
+        assert (parsed.stem, parsed.frame_position, parsed.frame_count, parsed.part) == (
             "a_b_c",
             3,
             109,
             section,
         )
         assert (parsed.width, parsed.height) == (720, 1280)
-        assert cf.text_cache_for(name) == cf.text_cache_name(item.stem)
+        assert cf.NAMING.text_for(name) == cf.NAMING.text_name(item.stem)
 
 
 @pytest.mark.parametrize(
@@ -137,11 +135,11 @@ def test_names_round_trip_through_the_parser():
 )
 def test_bad_names_are_data_errors(name):
     if name == "a_x_0064x0064_fp.safetensors":
-        with pytest.raises(DataError, match="section cache name"):
-            cf.parse_latent_cache_name(name, is_video=True)
+        with pytest.raises(DataError, match="is not a clip.s cache name"):
+            cf.NAMING.parse_latent(name, is_video=True)
         return
-    with pytest.raises(DataError, match="not a FramePack latent cache name"):
-        cf.parse_latent_cache_name(name)
+    with pytest.raises(DataError, match="not a latent cache name"):
+        cf.NAMING.parse_latent(name)
 
 
 # -- tensors and metadata ---------------------------------------------------------------------------

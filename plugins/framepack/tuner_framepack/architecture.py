@@ -58,6 +58,7 @@ class FramePackArchitecture(Architecture):
         max_blocks_to_swap_inference=38,
     )
     cache_version = "1"
+    cache_short_name = cache_format.ARCHITECTURE_SHORT
 
     # -- models ------------------------------------------------------------------------------------------
 
@@ -107,13 +108,10 @@ class FramePackArchitecture(Architecture):
 
     # -- caching -----------------------------------------------------------------------------------------
 
-    def latent_cache_names(self, item: MediaItem, options: Any) -> list[str]:
+    def latent_cache_parts(self, item: MediaItem, options: Any) -> int:
         from tuner_framepack.caching import window_size
 
-        return cache_format.latent_cache_names(item, window_size(item, options))
-
-    def is_latent_cache(self, file_name: str) -> bool:
-        return cache_format.is_latent_cache(file_name)
+        return cache_format.section_count(item, window_size(item, options))
 
     def encode_latents(
         self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
@@ -121,15 +119,6 @@ class FramePackArchitecture(Architecture):
         from tuner_framepack.caching import encode_latents
 
         return encode_latents(samples, models, options)
-
-    def text_cache_name(self, item: MediaItem) -> str:
-        return cache_format.text_cache_name(item.stem)
-
-    def is_text_cache(self, file_name: str) -> bool:
-        return cache_format.is_text_cache(file_name)
-
-    def text_cache_for(self, latent_cache_name: str) -> str:
-        return cache_format.text_cache_for(latent_cache_name)
 
     def encode_text(
         self, captions: Sequence[str], models: Mapping[str, Any], options: Any

@@ -18,12 +18,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import PurePath
 
-import attrs
 import torch
 
-from tuner_core import CacheRecord, ConfigError, DataError, MediaItem
+from tuner_core import CacheNaming, CacheRecord, ConfigError, DataError, MediaItem
 from tuner_framepack.sections import SectionContext, plan_sections
 
 logger = logging.getLogger(__name__)
@@ -34,8 +32,6 @@ ARCHITECTURE = "framepack"
 ARCHITECTURE_SHORT = "fp"
 #: ``format_version`` metadata value the reference writes.
 FORMAT_VERSION = "1.0.1"
-LATENT_CACHE_SUFFIX = f"_{ARCHITECTURE_SHORT}.safetensors"
-TEXT_CACHE_SUFFIX = f"_{ARCHITECTURE_SHORT}_te.safetensors"
 
 #: Batch keys of a latent cache (after :func:`batch_key`) and of a text cache.
 LATENT_BATCH_KEYS = (
@@ -51,8 +47,6 @@ LATENT_BATCH_KEYS = (
 )
 TEXT_BATCH_KEYS = ("llama_vec", "llama_attention_mask", "clip_l_pooler")
 
-_SIZE_TOKEN = re.compile(r"(\d+)x(\d+)")
-_CLIP_TOKEN = re.compile(r"(\d+)-(\d+)(?:-(\d+))?")
 _TARGET_LATENTS_KEY = re.compile(r"latents_(\d+)x(\d+)x(\d+)_.+")
 #: Every dtype name a key can end in, longest first so ``float8_e4m3fn`` wins over shorter names.
 _DTYPE_NAMES = tuple(
@@ -68,55 +62,8 @@ _DTYPE_NAMES = tuple(
 )
 
 
-@attrs.frozen
-class LatentCacheName:
-    """The parts of a latent cache file name.
-
-    :param stem: source file name without extension.
-    :param width: original media width.
-    :param height: original media height.
-    :param frame_position: first frame of the clip (``None`` for images and one-frame items).
-    :param frame_count: extracted frame count of the clip before trimming (``None`` for images).
-    :param section: time index of the section (``None`` for images, or video caches without one).
-    """
-
-    stem: str
-    width: int
-    height: int
-    frame_position: int | None = None
-    frame_count: int | None = None
-    section: int | None = None
-
-    @property
-    def is_video(self) -> bool:
-        """Whether the name is a clip's (it has a frame position and count)."""
-        return self.frame_position is not None
-
-
-# -- file names -------------------------------------------------------------------------------------
-
-
-def image_cache_name(stem: str, original_size: tuple[int, int]) -> str:
-    """``{stem}_{W:04d}x{H:04d}_fp.safetensors`` for an image or one-frame item."""
-    width, height = original_size
-    return f"{stem}_{width:04d}x{height:04d}{LATENT_CACHE_SUFFIX}"
-
-
-def section_cache_name(
-    stem: str, original_size: tuple[int, int], frame_position: int, frame_count: int, section: int
-) -> str:
-    """``{stem}_{pos:05d}-{count:03d}-{section:04d}_{W:04d}x{H:04d}_fp.safetensors`` for one video section."""
-    width, height = original_size
-    return f"{stem}_{frame_position:05d}-{frame_count:03d}-{section:04d}_{width:04d}x{height:04d}{LATENT_CACHE_SUFFIX}"
-
-
-def latent_cache_name(item: MediaItem, section: int = 0) -> str:
-    """Name of the cache of ``item``: its ``section`` (time index) for a clip, the image name otherwise."""
-    if item.is_video:
-        return section_cache_name(
-            item.stem, item.original_size, item.frame_position, item.frame_count, section
-        )
-    return image_cache_name(item.stem, item.original_size)
+#: FramePack's cache file names: the reference's grammar with ``fp``, each clip split into sections.
+NAMING = CacheNaming(ARCHITECTURE_SHORT)
 
 
 def latent_cache_names(item: MediaItem, latent_window_size: int) -> list[str]:
@@ -125,82 +72,19 @@ def latent_cache_names(item: MediaItem, latent_window_size: int) -> list[str]:
     :raises ClipTooShortError: a clip is shorter than one section (report and skip it).
     """
     if not item.is_video:
-        return [image_cache_name(item.stem, item.original_size)]
+        return [NAMING.latent_name(item)]
+    return [NAMING.latent_name(item, section) for section in range(section_count(item, latent_window_size))]
+
+
+def section_count(item: MediaItem, latent_window_size: int) -> int:
+    """The number of sections a clip is cached as.
+
+    :raises ClipTooShortError: the clip is shorter than one section.
+    """
     try:
-        plan = plan_sections(item.frame_count, latent_window_size)
+        return plan_sections(item.frame_count, latent_window_size).sections
     except DataError as error:
         raise type(error)(f"{item.source} (clip from frame {item.frame_position}): {error}") from None
-    return [latent_cache_name(item, section) for section in range(plan.sections)]
-
-
-def text_cache_name(stem: str) -> str:
-    """``{stem}_fp_te.safetensors``: the text cache shared by every cache of a source file."""
-    return f"{stem}{TEXT_CACHE_SUFFIX}"
-
-
-def is_latent_cache(file_name: str) -> bool:
-    """Whether ``file_name`` follows the FramePack latent cache grammar (a text cache does not)."""
-    name = PurePath(file_name).name
-    if not name.endswith(LATENT_CACHE_SUFFIX):
-        return False
-    return _size_of(name.split("_")) is not None
-
-
-def is_text_cache(file_name: str) -> bool:
-    """Whether ``file_name`` is a FramePack text cache, ``{stem}_fp_te.safetensors``."""
-    name = PurePath(file_name).name
-    return name.endswith(TEXT_CACHE_SUFFIX) and len(name) > len(TEXT_CACHE_SUFFIX)
-
-
-def parse_latent_cache_name(file_name: str, *, is_video: bool | None = None) -> LatentCacheName:
-    """Split a latent cache file name into its parts, reading ``_``-tokens from the end as training does.
-
-    The size is token -2; for clips, token -3 is ``pos-count[-section]`` and the stem is everything
-    before it; for images the stem is everything before the size. The reference knows from the dataset
-    whether a name is a clip's; without ``is_video`` a ``digits-digits[-digits]`` token -3 means a clip.
-
-    :raises DataError: the name does not follow the grammar.
-    """
-    name = PurePath(file_name).name
-    tokens = name.split("_")
-    size = _size_of(tokens) if name.endswith(LATENT_CACHE_SUFFIX) else None
-    if size is None:
-        raise DataError(
-            f"{file_name} is not a FramePack latent cache name: expected "
-            "{stem}[_{pos}-{count}-{section}]_{W}x{H}_fp.safetensors"
-        )
-    clip = _CLIP_TOKEN.fullmatch(tokens[-3]) if len(tokens) >= 4 else None
-    if is_video is None:
-        is_video = clip is not None
-    if not is_video:
-        return LatentCacheName(stem="_".join(tokens[:-2]), width=size[0], height=size[1])
-    if clip is None:
-        raise DataError(
-            f"{file_name} is not a FramePack section cache name: expected "
-            "{stem}_{pos:05d}-{count:03d}-{section:04d}_{W:04d}x{H:04d}_fp.safetensors"
-        )
-    position, count, section = clip.groups()
-    return LatentCacheName(
-        stem="_".join(tokens[:-3]),
-        width=size[0],
-        height=size[1],
-        frame_position=int(position),
-        frame_count=int(count),
-        section=None if section is None else int(section),
-    )
-
-
-def text_cache_for(latent_cache_file: str, *, is_video: bool | None = None) -> str:
-    """Name of the text cache that belongs to a latent cache file (see :func:`parse_latent_cache_name`)."""
-    return text_cache_name(parse_latent_cache_name(latent_cache_file, is_video=is_video).stem)
-
-
-def _size_of(tokens: list[str]) -> tuple[int, int] | None:
-    """``(W, H)`` from the size token -2 of a split cache name, or ``None`` when it is not one."""
-    if len(tokens) < 3:
-        return None
-    match = _SIZE_TOKEN.fullmatch(tokens[-2])
-    return None if match is None else (int(match.group(1)), int(match.group(2)))
 
 
 # -- tensors and metadata ---------------------------------------------------------------------------
@@ -274,7 +158,7 @@ def section_record(
 ) -> CacheRecord:
     """The cache file of one section of ``item`` (or of a one-frame item): name, tensors and metadata."""
     return CacheRecord(
-        name=latent_cache_name(item, section.section_index),
+        name=NAMING.latent_name(item, section.section_index),
         tensors=section_tensors(section, image_embeddings, dtype=dtype),
         metadata=latent_cache_metadata(item.original_size, item.frame_count if item.is_video else None),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +14,6 @@ from tuner_core import (
     Architecture,
     CacheRecord,
     ConfigError,
-    MediaItem,
     MediaRules,
     MediaSample,
     ModelLayout,
@@ -26,10 +24,6 @@ from tuner_toy.models import SPATIAL, TEMPORAL, ToyAutoencoder, ToyDenoiser, Toy
 from tuner_toy.options import ToyCacheLatentsOptions, ToyCacheTextOptions, ToyGenerateOptions, ToyTrainOptions
 
 MODEL_CLASSES = {"vae": ToyAutoencoder, "text_encoder": ToyTextEncoder, "dit": ToyDenoiser}
-VIDEO_NAME = re.compile(
-    r"^(?P<stem>.+)_(?P<pos>\d{5})-(?P<count>\d{3})_(?P<w>\d{4})x(?P<h>\d{4})_toy\.safetensors$"
-)
-IMAGE_NAME = re.compile(r"^(?P<stem>.+)_(?P<w>\d{4})x(?P<h>\d{4})_toy\.safetensors$")
 
 
 def _file_identity(path: Path | None) -> str:
@@ -45,6 +39,7 @@ class ToyArchitecture(Architecture):
     name: ClassVar[str] = "toy"
     title: ClassVar[str] = "Toy flow-matching video model (tests and demo)"
     can_sample: ClassVar[bool] = True
+    cache_short_name: ClassVar[str] = "toy"
     options = {
         "cache-latents": ToyCacheLatentsOptions,
         "cache-text": ToyCacheTextOptions,
@@ -108,29 +103,6 @@ class ToyArchitecture(Architecture):
 
     # -- caching -----------------------------------------------------------------------------------
 
-    def latent_cache_names(self, item: MediaItem, options: Any = None) -> list[str]:
-        w, h = item.original_size
-        if item.is_video:
-            return [
-                f"{item.stem}_{item.frame_position:05d}-{item.frame_count:03d}_{w:04d}x{h:04d}_toy.safetensors"
-            ]
-        return [f"{item.stem}_{w:04d}x{h:04d}_toy.safetensors"]
-
-    def is_latent_cache(self, file_name: str) -> bool:
-        return file_name.endswith("_toy.safetensors")
-
-    def text_cache_name(self, item: MediaItem) -> str:
-        return f"{item.stem}_toy_te.safetensors"
-
-    def is_text_cache(self, file_name: str) -> bool:
-        return file_name.endswith("_toy_te.safetensors")
-
-    def text_cache_for(self, latent_cache_name: str) -> str:
-        match = VIDEO_NAME.match(latent_cache_name) or IMAGE_NAME.match(latent_cache_name)
-        if match is None:
-            raise ConfigError(f"{latent_cache_name} is not a toy latent cache name")
-        return f"{match['stem']}_toy_te.safetensors"
-
     def encode_latents(
         self, samples: Sequence[MediaSample], models: Mapping[str, Any], options: Any
     ) -> list[list[CacheRecord]]:
@@ -139,7 +111,7 @@ class ToyArchitecture(Architecture):
         for sample in samples:
             pixels = torch.from_numpy(sample.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
             latents = vae.encode(pixels)
-            (name,) = self.latent_cache_names(sample.item)
+            (name,) = self.latent_cache_names(sample.item, options)
             w, h = sample.item.original_size
             out.append(
                 [
