@@ -200,7 +200,8 @@ def tuner_sample(
     """Generate one video for a sample request (during training or ``tuner generate``).
 
     :param request: prompt, size, frames, steps, guidance and seed of the sample.
-    :param models: the loaded components, by name.
+    :param models: the command's :class:`~tuner_core.components.Components`: reading one loads it, and
+        ``models.release(name)`` frees one that is done (a text encoder before the denoiser runs).
     :param options: the command's validated options.
     :param generator: the random generator to draw noise from.
     :return: pixels in ``[0, 1]`` shaped ``(C, F, H, W)``, or ``None`` to pass.

@@ -38,3 +38,11 @@ def train_values(toy, output_dir, **extra: Any) -> dict[str, Any]:
         "network_dim": 4,
         **extra,
     }
+
+
+def build_command_options_for(command: str, architecture, values: dict[str, Any]):
+    """The combined options ``command`` runs with, validated like the CLI does."""
+    from tuner_core.options import CommandOptions
+
+    core, own = build_command_options(command, COMMAND_OPTIONS[command], architecture, values, {}, None)
+    return CommandOptions(core, own)

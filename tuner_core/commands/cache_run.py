@@ -10,6 +10,7 @@ import torch
 
 from tuner_core.architecture import Architecture
 from tuner_core.cache.store import CacheStatus, remove_temp_files
+from tuner_core.components import Components
 from tuner_core.config.dataset import DatasetConfig, DatasetSettings, load_dataset_config
 from tuner_core.data.discovery import DiscoveryResult, discover_items
 from tuner_core.options import CommandOptions
@@ -54,13 +55,12 @@ class CacheRun:
             remove_temp_files(ds.cache_directory)
             yield ds, found
 
-    def load_models(self, plugins: Plugins) -> dict[str, Any]:
-        """The components the architecture encodes with, on ``--device``."""
-        device = resolve_device(self.options.device)
+    def load_models(self, plugins: Plugins) -> Components:
+        """The components the architecture encodes with, on ``--device``, loaded before the first batch."""
         names = self.architecture.components(self.command, self.options)
-        return {
-            name: plugins.hook.tuner_load_model(
-                architecture=self.architecture, component=name, options=self.options, device=device
-            )
-            for name in names
-        }
+        components = Components(
+            self.architecture, plugins, self.options, resolve_device(self.options.device), names
+        )
+        for name in names:
+            components.load(name)
+        return components

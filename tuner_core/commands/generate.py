@@ -16,6 +16,7 @@ from tuner_core.architecture import Architecture
 from tuner_core.cache.store import atomic_write_safetensors
 from tuner_core.commands.cache_run import resolve_device
 from tuner_core.commands.result import CommandResult
+from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.errors import ConfigError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
@@ -114,9 +115,8 @@ def _save_merged_model(
     options: CommandOptions, architecture: Architecture, plugins: Plugins, device: torch.device
 ) -> CommandResult:
     core = options.core
-    denoiser = plugins.hook.tuner_load_model(
-        architecture=architecture, component=architecture.trained_component, options=options, device=device
-    )
+    name = architecture.trained_component
+    denoiser = Components(architecture, plugins, options, device, (name,)).load(name)
     merge_networks(denoiser, core, architecture, plugins)
     atomic_write_safetensors(core.save_merged_model, denoiser.state_dict(), {})
     return CommandResult("generate", {"merged model": [core.save_merged_model]})
@@ -130,12 +130,11 @@ def run_generate(
     device = resolve_device(options.device)
     if options.save_merged_model is not None:  # merging needs the denoiser and the network files only
         return _save_merged_model(combined, architecture, plugins, device)
-    models: dict[str, Any] = {}
-    for component in architecture.components("generate", combined):
-        models[component] = plugins.hook.tuner_load_model(
-            architecture=architecture, component=component, options=combined, device=device
-        )
-    denoiser = models[architecture.trained_component]
+    # The others load when the architecture's sampler first reads them, and it may release them.
+    models = Components(
+        architecture, plugins, combined, device, architecture.components("generate", combined)
+    )
+    denoiser = models.load(architecture.trained_component)
     merge_networks(denoiser, options, architecture, plugins)
     apply_memory_strategies(
         denoiser, architecture.layout, memory_settings(options, training=False), plugins, device

@@ -1,0 +1,53 @@
+"""Components load when first asked for (through the hook), once, and can be released."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+from tuner_core import hookimpl, make_plugin_manager
+from tuner_core.components import Components
+
+
+class CountingLoader:
+    def __init__(self):
+        self.loads = []
+
+    @hookimpl
+    def tuner_load_model(self, component, device):
+        self.loads.append((component, str(device)))  # answers None: the toy architecture loads it
+
+
+def components(toy, loader):
+    plugins = make_plugin_manager(plugins=[loader])
+    architecture = plugins.architecture("toy")
+    options = {"dit": toy.dit, "vae": toy.vae, "text_encoder": toy.text_encoder}
+    from .helpers import build_command_options_for
+
+    combined = build_command_options_for(
+        "generate", architecture, {**options, "prompt": "x", "save_path": toy.root}
+    )
+    return Components(architecture, plugins, combined, torch.device("cpu"), ("dit", "vae", "text_encoder"))
+
+
+def test_components_load_on_first_use_once_and_release(toy):
+    loader = CountingLoader()
+    models = components(toy, loader)
+    assert models.loaded == () and "vae" in models and loader.loads == []
+    vae = models["vae"]
+    assert models["vae"] is vae and loader.loads == [("vae", "cpu")]
+    gone = weakref.ref(vae)
+    del vae
+    models.release("vae")
+    gc.collect()
+    assert gone() is None and models.loaded == ()
+    models.load("vae", device=torch.device("cpu"))
+    assert loader.loads == [("vae", "cpu"), ("vae", "cpu")]
+
+
+def test_an_unknown_component_is_a_clear_error(toy):
+    with pytest.raises(KeyError, match="'unet' is not a component of this command"):
+        components(toy, CountingLoader())["unet"]

@@ -1,0 +1,86 @@
+"""The model components of one command, loaded when first asked for and released when no longer needed.
+
+A command used to load everything it might need up front. FramePack's generation shows why that cannot
+stay: the 8B LLaMA encodes the prompt once and must be gone before the 13B DiT loads. :class:`Components`
+is the ``models`` mapping every hook receives; reading ``models["vae"]`` loads the VAE (through the
+``tuner_load_model`` hook) the first time, and :meth:`Components.release` frees a component.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from tuner_core.architecture import Architecture
+from tuner_core.plugins import Plugins
+
+log = logging.getLogger(__name__)
+
+
+class Components(Mapping[str, Any]):
+    """Lazily loaded components of ``architecture`` for one command's ``options``.
+
+    :param names: the components this command may use (``architecture.components(command, options)``).
+    :param device: where a component is loaded unless :meth:`load` is given another device.
+    :param preloaded: components that already exist (the model being trained, when sampling).
+    """
+
+    def __init__(
+        self,
+        architecture: Architecture,
+        plugins: Plugins,
+        options: Any,
+        device: torch.device,
+        names: Iterable[str],
+        *,
+        preloaded: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._architecture = architecture
+        self._plugins = plugins
+        self._options = options
+        self._device = device
+        self._loaded: dict[str, Any] = dict(preloaded or {})
+        self._names = tuple(dict.fromkeys([*self._loaded, *names]))
+
+    def load(self, name: str, *, device: torch.device | None = None) -> Any:
+        """The component ``name``, loaded onto ``device`` (default: the command's) if it is not loaded yet."""
+        if name not in self._names:
+            raise KeyError(f"{name!r} is not a component of this command (it has {', '.join(self._names)})")
+        if name not in self._loaded:
+            self._loaded[name] = self._plugins.hook.tuner_load_model(
+                architecture=self._architecture,
+                component=name,
+                options=self._options,
+                device=device or self._device,
+            )
+        return self._loaded[name]
+
+    def release(self, *names: str) -> None:
+        """Drop the named components (all loaded ones when none is named) and return their memory."""
+        for name in names or tuple(self._loaded):
+            if self._loaded.pop(name, None) is not None:
+                log.debug("released %s", name)
+        gc.collect()  # the last references may sit in reference cycles (modules and their hooks)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """The components in memory now."""
+        return tuple(self._loaded)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names  # Mapping's default would load the component to find out
+
+    def __getitem__(self, name: str) -> Any:
+        return self.load(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
