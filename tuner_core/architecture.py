@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tuner_core.config.train_options import TrainOptions
     from tuner_core.data.items import MediaItem, MediaSample
     from tuner_core.sampling.request import SampleRequest
+    from tuner_core.weights.stream import Transform
 
 #: The commands an architecture may support, as typed on the command line.
 COMMANDS = ("cache-latents", "cache-text", "train", "generate")
@@ -114,8 +115,13 @@ class Architecture:
         """Names of the model components ``command`` needs (``"vae"``, ``"dit"``, ...), in load order."""
         raise self._not_supported("components")
 
-    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
-        """Load one component named by :meth:`components` onto ``device``."""
+    def load_component(
+        self, component: str, options: Any, device: torch.device, transform: Transform | None = None
+    ) -> Any:
+        """Load one component named by :meth:`components` onto ``device``.
+
+        :param transform: rewrite each tensor with it while the weights stream in (memory strategies).
+        """
         raise self._not_supported("load_component")
 
     def cache_identity(self, command: str, options: Any) -> str:

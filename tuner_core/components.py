@@ -17,6 +17,7 @@ import torch
 
 from tuner_core.architecture import Architecture
 from tuner_core.plugins import Plugins
+from tuner_core.weights.stream import Transform
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Components(Mapping[str, Any]):
     :param names: the components this command may use (``architecture.components(command, options)``).
     :param device: where a component is loaded unless :meth:`load` is given another device.
     :param preloaded: components that already exist (the model being trained, when sampling).
+    :param transforms: per component, the memory strategies' tensor rewrite while its weights stream in.
     """
 
     def __init__(
@@ -38,12 +40,14 @@ class Components(Mapping[str, Any]):
         names: Iterable[str],
         *,
         preloaded: Mapping[str, Any] | None = None,
+        transforms: Mapping[str, Transform] | None = None,
     ) -> None:
         self._architecture = architecture
         self._plugins = plugins
         self._options = options
         self._device = device
         self._loaded: dict[str, Any] = dict(preloaded or {})
+        self._transforms = dict(transforms or {})
         self._names = tuple(dict.fromkeys([*self._loaded, *names]))
 
     def load(self, name: str, *, device: torch.device | None = None) -> Any:
@@ -56,6 +60,7 @@ class Components(Mapping[str, Any]):
                 component=name,
                 options=self._options,
                 device=device or self._device,
+                transform=self._transforms.get(name),
             )
         return self._loaded[name]
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tuner_core.network import NetworkType
     from tuner_core.sampling.request import SampleRequest
     from tuner_core.training.run import TrainingRun
+    from tuner_core.weights.stream import Transform
 
 PROJECT = "tuner"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -78,7 +79,11 @@ def tuner_register_memory_strategies(register: Callable[[MemoryStrategy], None])
 
 @hookspec(firstresult=True)
 def tuner_load_model(
-    architecture: Architecture, component: str, options: Any, device: torch.device
+    architecture: Architecture,
+    component: str,
+    options: Any,
+    device: torch.device,
+    transform: Transform | None,
 ) -> Any | None:
     """Load one model component (``"dit"``, ``"vae"``, ``"text_encoder1"``, ...) of an architecture.
 
@@ -90,6 +95,9 @@ def tuner_load_model(
     :param component: one of ``architecture.components(command, options)``.
     :param options: the command's validated options (core fields and the architecture's own).
     :param device: where the component will run.
+    :param transform: the memory strategies' rewrite of each tensor while the weights stream in (fp8
+        quantisation, for one); pass it to the loader (``tuner_core.weights.load_into_model``). ``None``
+        when no strategy rewrites tensors.
     """
 
 

@@ -13,7 +13,7 @@ from tuner_core import Architecture, CacheRecord, SampleRequest, TrainingRun, ho
 class EchoArch(Architecture):
     name: ClassVar[str] = "echo"
 
-    def load_component(self, component, options, device):
+    def load_component(self, component, options, device, transform=None):
         return ("arch", component, str(device))
 
     def encode_latents(self, samples, models, options):
@@ -45,7 +45,9 @@ def manager(*extra):
 def test_hook_tuner_load_model_defaults_to_architecture_and_can_be_taken_over():
     plugins = manager()
     arch = plugins.architecture("echo")
-    assert plugins.hook.tuner_load_model(architecture=arch, component="vae", options=None, device=CPU) == (
+    assert plugins.hook.tuner_load_model(
+        architecture=arch, component="vae", options=None, device=CPU, transform=None
+    ) == (
         "arch",
         "vae",
         "cpu",
@@ -59,10 +61,15 @@ def test_hook_tuner_load_model_defaults_to_architecture_and_can_be_taken_over():
     plugins = manager(GgufLoader())
     arch = plugins.architecture("echo")
     assert (
-        plugins.hook.tuner_load_model(architecture=arch, component="dit", options=None, device=CPU) == "gguf"
+        plugins.hook.tuner_load_model(
+            architecture=arch, component="dit", options=None, device=CPU, transform=None
+        )
+        == "gguf"
     )
     assert (
-        plugins.hook.tuner_load_model(architecture=arch, component="vae", options=None, device=CPU)[0]
+        plugins.hook.tuner_load_model(
+            architecture=arch, component="vae", options=None, device=CPU, transform=None
+        )[0]
         == "arch"
     )
 

@@ -154,6 +154,23 @@ def test_transform_may_rewrite_and_add_tensors(tmp_path):
     assert "blocks.1.scale_weight" in model.state_dict()
 
 
+def test_tensors_may_go_to_more_than_one_device(tmp_path):
+    path = save_safetensors(toy_state(), tmp_path / "toy.safetensors")
+    asked = []
+
+    def place(key):
+        asked.append(key)
+        return torch.device("meta") if key.startswith("blocks.2.") else torch.device("cpu")
+
+    model = meta_toy()
+    with open_checkpoint(path) as source:
+        load_into_model(model, source, device=place, strict=False)
+    devices = {key: t.device.type for key, t in model.state_dict().items()}
+    assert {d for k, d in devices.items() if k.startswith("blocks.2.")} == {"meta"}
+    assert {d for k, d in devices.items() if not k.startswith("blocks.2.")} == {"cpu"}
+    assert set(asked) == set(devices)
+
+
 def test_rename_maps_stored_names(tmp_path):
     state = {"model." + k: v for k, v in toy_state().items()}
     state["model.unused"] = torch.zeros(1)

@@ -51,3 +51,41 @@ def test_components_load_on_first_use_once_and_release(toy):
 def test_an_unknown_component_is_a_clear_error(toy):
     with pytest.raises(KeyError, match="'unet' is not a component of this command"):
         components(toy, CountingLoader())["unet"]
+
+
+def test_a_memory_strategy_rewrites_the_trained_weights_while_they_load(toy, tmp_path):
+    from tuner_core import MemoryStrategy
+
+    from .helpers import cache_all, run, train_values
+
+    class HalveBlocks(MemoryStrategy):
+        name = "halve-blocks"
+
+        def __init__(self):
+            self.seen = []
+
+        def enabled(self, settings):
+            return settings.training
+
+        def transform_tensor(self, key, tensor, layout, settings):
+            self.seen.append(key)
+            return {key: tensor / 2 if key.startswith("blocks.") else tensor}
+
+        def apply(self, model, layout, settings, device):
+            self.applied_to = type(model).__name__
+
+    strategy = HalveBlocks()
+
+    class Register:
+        @hookimpl
+        def tuner_register_memory_strategies(self, register):
+            register(strategy)
+
+    cache_all(toy)
+    run(
+        "train",
+        train_values(toy, tmp_path / "out", max_train_steps=1),
+        make_plugin_manager(plugins=[Register()]),
+    )
+    assert any(k.startswith("blocks.") for k in strategy.seen) and "x_embedder.weight" in strategy.seen
+    assert strategy.applied_to == "ToyDenoiser"

@@ -20,7 +20,7 @@ from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.errors import ConfigError
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
-from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.memory.apply import apply_memory_strategies, load_transform
 from tuner_core.network import NetworkType
 from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
@@ -116,7 +116,8 @@ def _save_merged_model(
 ) -> CommandResult:
     core = options.core
     name = architecture.trained_component
-    denoiser = Components(architecture, plugins, options, device, (name,)).load(name)
+    transforms = {name: load_transform(architecture.layout, memory_settings(core, training=False), plugins)}
+    denoiser = Components(architecture, plugins, options, device, (name,), transforms=transforms).load(name)
     merge_networks(denoiser, core, architecture, plugins)
     atomic_write_safetensors(core.save_merged_model, denoiser.state_dict(), {})
     return CommandResult("generate", {"merged model": [core.save_merged_model]})
@@ -131,14 +132,13 @@ def run_generate(
     if options.save_merged_model is not None:  # merging needs the denoiser and the network files only
         return _save_merged_model(combined, architecture, plugins, device)
     # The others load when the architecture's sampler first reads them, and it may release them.
-    models = Components(
-        architecture, plugins, combined, device, architecture.components("generate", combined)
-    )
+    settings = memory_settings(options, training=False)
+    transforms = {architecture.trained_component: load_transform(architecture.layout, settings, plugins)}
+    names = architecture.components("generate", combined)
+    models = Components(architecture, plugins, combined, device, names, transforms=transforms)
     denoiser = models.load(architecture.trained_component)
     merge_networks(denoiser, options, architecture, plugins)
-    apply_memory_strategies(
-        denoiser, architecture.layout, memory_settings(options, training=False), plugins, device
-    )
+    apply_memory_strategies(denoiser, architecture.layout, settings, plugins, device)
 
     request = architecture.generation_request(combined)
     seed = request.seed if request.seed is not None else random_seed()

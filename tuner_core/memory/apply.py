@@ -10,17 +10,46 @@ from torch import nn
 
 from tuner_core.architecture import ModelLayout
 from tuner_core.errors import NotAvailableError
-from tuner_core.memory.strategy import MemorySettings
+from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.plugins import Plugins
+from tuner_core.weights.stream import Transform
 
 log = logging.getLogger(__name__)
+
+
+def _enabled(plugins: Plugins, settings: MemorySettings) -> list[MemoryStrategy]:
+    return sorted((s for s in plugins.memory_strategies() if s.enabled(settings)), key=lambda s: s.order)
+
+
+def load_transform(layout: ModelLayout, settings: MemorySettings, plugins: Plugins) -> Transform | None:
+    """The enabled strategies' tensor rewrites, chained in ``order``, for a loader to apply while the
+    weights stream in (``None`` when no enabled strategy rewrites tensors)."""
+    rewriting = [
+        s
+        for s in _enabled(plugins, settings)
+        if type(s).transform_tensor is not MemoryStrategy.transform_tensor
+    ]
+    if not rewriting:
+        return None
+
+    def transform(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = {key: tensor}
+        for strategy in rewriting:
+            outputs = {
+                name: rewritten
+                for k, t in outputs.items()
+                for name, rewritten in strategy.transform_tensor(k, t, layout, settings).items()
+            }
+        return outputs
+
+    return transform
 
 
 def apply_memory_strategies(
     model: nn.Module, layout: ModelLayout, settings: MemorySettings, plugins: Plugins, device: torch.device
 ) -> list[str]:
     """Apply the enabled strategies in ascending ``order``; return their names."""
-    enabled = sorted((s for s in plugins.memory_strategies() if s.enabled(settings)), key=lambda s: s.order)
+    enabled = _enabled(plugins, settings)
     for strategy in enabled:
         strategy.apply(model, layout, settings, device)
         log.info("memory strategy: %s", strategy.name)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tuner_core.architecture import Architecture
+from tuner_core.components import Components
 from tuner_core.errors import ConfigError
-from tuner_core.memory.apply import apply_memory_strategies
+from tuner_core.memory.apply import apply_memory_strategies, load_transform
 from tuner_core.memory.strategy import MemorySettings
 from tuner_core.network import Network, NetworkType
 from tuner_core.plugins import Plugins
@@ -114,9 +115,11 @@ def prepare_model(
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
     core = options.core
     settings = memory_settings(core, training=True)
-    model: nn.Module = plugins.hook.tuner_load_model(
-        architecture=architecture, component=architecture.trained_component, options=options, device=device
-    )
+    name = architecture.trained_component
+    transforms = {name: load_transform(architecture.layout, settings, plugins)}
+    model: nn.Module = Components(
+        architecture, plugins, options, device, (name,), transforms=transforms
+    ).load(name)
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
 

@@ -7,7 +7,6 @@ random state is restored, so sampling never changes what training does next.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
+from tuner_core.components import Components
 from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
@@ -98,12 +98,16 @@ class TrainingSampler:
         model = self.prepared.step.model
         was_training = model.training
         model.eval()
-        models: dict[str, Any] = {self.architecture.trained_component: model}
+        # The encoders load when the sampler first reads them and are freed after this round.
+        models = Components(
+            self.architecture,
+            self.plugins,
+            self.options,
+            device,
+            self.architecture.sample_components(self.options),
+            preloaded={self.architecture.trained_component: model},
+        )
         try:
-            for name in self.architecture.sample_components(self.options):
-                models[name] = self.plugins.hook.tuner_load_model(
-                    architecture=self.architecture, component=name, options=self.options, device=device
-                )
             stamp = time.strftime("%Y%m%d%H%M%S")
             label = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
             paths = []
@@ -135,8 +139,7 @@ class TrainingSampler:
                 log.info("sample %s", paths[-1])
             return paths
         finally:
-            del models
-            gc.collect()
+            models.release()
             model.train(was_training)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:

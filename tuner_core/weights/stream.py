@@ -112,7 +112,7 @@ def load_into_model(
     model: nn.Module,
     source: TensorSource,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | Callable[[str], torch.device] = "cpu",
     dtype: torch.dtype | None = None,
     keep_dtype: Callable[[str], bool] | None = None,
     transform: Transform | None = None,
@@ -124,7 +124,8 @@ def load_into_model(
     The model is usually built on the meta device; every declared tensor is replaced, so it may also be a
     materialised model (its old tensors are freed as they are replaced).
 
-    :param device: where tensors go.
+    :param device: where tensors go: one device, or a function of the model's tensor name (block swap keeps
+        some blocks' weights on the CPU while the rest load onto the GPU).
     :param dtype: floating-point tensors are cast to it (``None``: keep each stored dtype).
     :param keep_dtype: keys for which the stored dtype is kept even when ``dtype`` is given.
     :param transform: per-tensor rewrite applied after the cast (memory strategies use it).
@@ -154,6 +155,7 @@ def load_into_model(
     if wrong_shape or (strict and (missing or unexpected)):
         raise mismatch_error(source.description, type(model).__name__, missing, unexpected, wrong_shape)
 
+    place = device if callable(device) else (lambda _name: device)
     loaded = 0
     added: list[str] = []
     for name, (key, _) in stored.items():
@@ -163,13 +165,14 @@ def load_into_model(
         keep = (
             dtype is None or not tensor.is_floating_point() or (keep_dtype is not None and keep_dtype(name))
         )
-        tensor = tensor.to(device=device, dtype=None if keep else dtype)
+        target = place(name)
+        tensor = tensor.to(device=target, dtype=None if keep else dtype)
         outputs = transform(name, tensor) if transform is not None else {name: tensor}
         for out_name, out in outputs.items():
             declared = out_name in expected
             if not declared:
                 added.append(out_name)
-            _assign(model, out_name, out.to(device), declared)
+            _assign(model, out_name, out.to(place(out_name) if declared else target), declared)
         loaded += 1
         del tensor, outputs
 

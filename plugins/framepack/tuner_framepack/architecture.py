@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from tuner_core import Architecture, CacheRecord, MediaItem, MediaRules, MediaSample, ModelLayout
+from tuner_core.weights import Transform
 from tuner_framepack import cache_format
 from tuner_framepack.options import (
     FramePackCacheLatentsOptions,
@@ -72,10 +73,12 @@ class FramePackArchitecture(Architecture):
             "generate": ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder"),
         }[command]
 
-    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
+    def load_component(
+        self, component: str, options: Any, device: torch.device, transform: Transform | None = None
+    ) -> Any:
         from tuner_framepack.components import load_component
 
-        return load_component(component, options, device)
+        return load_component(component, options, device, transform)
 
     def check_options(self, command: str, options: Any) -> list[str]:
         from tuner_framepack.components import option_problems

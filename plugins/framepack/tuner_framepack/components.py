@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from tuner_core import ConfigError
+from tuner_core.weights import Transform
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,11 @@ def dit_dtype(options: Any) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def load_component(component: str, options: Any, device: torch.device) -> Any:
-    """Load ``component`` with the command's options (see ``FramePackArchitecture.components``)."""
+def load_component(
+    component: str, options: Any, device: torch.device, transform: Transform | None = None
+) -> Any:
+    """Load ``component`` with the command's options (see ``FramePackArchitecture.components``), each
+    tensor rewritten by the memory strategies' ``transform`` while it streams in."""
     from tuner_framepack import encoders
 
     if component == "dit":
@@ -79,6 +83,7 @@ def load_component(component: str, options: Any, device: torch.device) -> Any:
             dtype=dit_dtype(options),
             attn_mode=attn_mode,
             split_attn=getattr(options, "split_attn", False),
+            transform=transform,
         )
     dtype = _encoder_dtype(device)
     if component == "vae":
@@ -89,20 +94,24 @@ def load_component(component: str, options: Any, device: torch.device) -> Any:
             chunk_size=options.vae_chunk_size,
             tiling=options.vae_tiling,
             tile_sample_min_size=options.vae_spatial_tile_sample_min_size,
+            transform=transform,
         )
     if component == "image_encoder":
         return encoders.load_image_encoder(
-            _required(options, "image_encoder", "SigLIP"), dtype=dtype, device=device
+            _required(options, "image_encoder", "SigLIP"), dtype=dtype, device=device, transform=transform
         )
     if component == "text_encoder1":
         path = _required(options, "text_encoder1", "the LLaMA text encoder")
         tokenizer = encoders.load_tokenizer1(options.tokenizer1, path)
-        model = encoders.load_text_encoder1(path, dtype=dtype, device=device, fp8=options.fp8_llm)
+        model = encoders.load_text_encoder1(
+            path, dtype=dtype, device=device, fp8=options.fp8_llm, transform=transform
+        )
         return TextEncoder(tokenizer, model)
     if component == "text_encoder2":
         path = _required(options, "text_encoder2", "the CLIP text encoder")
         tokenizer = encoders.load_tokenizer2(options.tokenizer2, path)
-        return TextEncoder(tokenizer, encoders.load_text_encoder2(path, dtype=dtype, device=device))
+        text_encoder = encoders.load_text_encoder2(path, dtype=dtype, device=device, transform=transform)
+        return TextEncoder(tokenizer, text_encoder)
     raise ConfigError(f"FramePack has no component {component!r}")
 
 

@@ -20,6 +20,7 @@ from tuner_core import (
     ModelLoadError,
     SampleRequest,
 )
+from tuner_core.weights import Transform
 from tuner_toy.models import SPATIAL, TEMPORAL, ToyAutoencoder, ToyDenoiser, ToyTextEncoder
 from tuner_toy.options import ToyCacheLatentsOptions, ToyCacheTextOptions, ToyGenerateOptions, ToyTrainOptions
 
@@ -78,11 +79,15 @@ class ToyArchitecture(Architecture):
             raise ConfigError("sampling during training with --arch toy needs --vae and --text_encoder")
         return ("vae", "text_encoder")
 
-    def load_component(self, component: str, options: Any, device: torch.device) -> Any:
+    def load_component(
+        self, component: str, options: Any, device: torch.device, transform: Transform | None = None
+    ) -> Any:
         path = getattr(options, component)
         if path is None or not Path(path).is_file():
             raise ModelLoadError(f"--{component}: {path} does not exist")
         state = load_file(str(path))
+        if transform is not None:  # the memory strategies' rewrite, as a streaming loader would apply it
+            state = {k: t for name, tensor in state.items() for k, t in transform(name, tensor).items()}
         if component == "dit":  # the size is read from the weights, so any toy size loads
             dim = state["x_embedder.weight"].shape[0]
             depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})

@@ -17,6 +17,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from tuner_core import ModelLoadError
+from tuner_core.weights import Transform
 from tuner_framepack.encoders.identify import CLIP_TEXT
 from tuner_framepack.encoders.tower import TowerSpec, load_tower
 
@@ -101,6 +102,7 @@ def load_text_encoder2(
     dtype: torch.dtype = torch.float16,
     device: torch.device | str = "cpu",
     option: str = "--text_encoder2",
+    transform: Transform | None = None,
 ) -> CLIPTextModel:
     """Load the CLIP-L text encoder from a Comfy file, the diffusers file, or a snapshot directory."""
-    return load_tower(TOWER, path, dtype=dtype, device=device, option=option)
+    return load_tower(TOWER, path, dtype=dtype, device=device, option=option, transform=transform)

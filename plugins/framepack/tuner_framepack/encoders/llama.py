@@ -16,6 +16,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from tuner_core import ModelLoadError
+from tuner_core.weights import Transform
 from tuner_framepack.encoders.fp8 import FP8_DTYPE, use_upcast_linears
 from tuner_framepack.encoders.identify import LLAMA, require_model
 from tuner_framepack.encoders.locate import locate_weights, read_config
@@ -120,6 +121,7 @@ def load_text_encoder1(
     device: torch.device | str = "cpu",
     fp8: bool = False,
     option: str = "--text_encoder1",
+    transform: Transform | None = None,
 ) -> LlamaModel:
     """Load the LLaMA text encoder from a Comfy file, the first of a shard set, or a snapshot directory.
 
@@ -142,7 +144,8 @@ def load_text_encoder1(
         linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
         def to_fp8(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {name: tensor.to(FP8_DTYPE) if name in linear_weights else tensor}
+            outputs = transform(name, tensor) if transform is not None else {name: tensor}
+            return {k: t.to(FP8_DTYPE) if k in linear_weights else t for k, t in outputs.items()}
 
         load_weights(
             model,
@@ -151,7 +154,7 @@ def load_text_encoder1(
             device=device,
             dtype=dtype,
             option=option,
-            transform=to_fp8 if fp8 else None,
+            transform=to_fp8 if fp8 else transform,
         )
     if fp8:
         use_upcast_linears(model)

@@ -18,6 +18,7 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from tuner_core import DataError, ModelLoadError
+from tuner_core.weights import Transform
 from tuner_framepack.encoders.identify import SIGLIP_VISION
 from tuner_framepack.encoders.tower import TowerSpec, load_tower
 
@@ -103,9 +104,10 @@ def load_image_encoder(
     dtype: torch.dtype = torch.float16,
     device: torch.device | str = "cpu",
     option: str = "--image_encoder",
+    transform: Transform | None = None,
 ) -> SiglipVisionModel:
     """Load the SigLIP image encoder from the Comfy file, the flux_redux_bfl file, or its snapshot."""
-    return load_tower(TOWER, path, dtype=dtype, device=device, option=option)
+    return load_tower(TOWER, path, dtype=dtype, device=device, option=option, transform=transform)
 
 
 def siglip_processor(image_encoder: SiglipVisionModel) -> _SiglipProcessor:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import torch
 
+from tuner_core.weights import Transform
 from tuner_framepack.encoders.identify import require_model
 from tuner_framepack.encoders.locate import locate_weights, read_config
 from tuner_framepack.encoders.streaming import build_empty, load_weights, open_weights, tensor_shapes
@@ -48,7 +49,13 @@ class TowerSpec:
 
 
 def load_tower(
-    spec: TowerSpec, path: Path, *, dtype: torch.dtype, device: torch.device | str, option: str
+    spec: TowerSpec,
+    path: Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    option: str,
+    transform: Transform | None = None,
 ) -> Any:
     """Load the tower of ``spec`` from a single file, a shard set or a snapshot directory, streamed in place."""
     location = locate_weights(Path(path), subfolder=spec.subfolder, patterns=spec.patterns, option=option)
@@ -68,5 +75,5 @@ def load_tower(
             canonical = spec.file_name(name)
             return None if canonical is None else model_name.get(canonical, canonical)
 
-        load_weights(model, source, rename, device=device, dtype=dtype, option=option)
+        load_weights(model, source, rename, device=device, dtype=dtype, option=option, transform=transform)
     return model

@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
 from tuner_core import ModelLoadError
+from tuner_core.weights import Transform
 from tuner_framepack.encoders.identify import HUNYUAN_VAE, require_model
 from tuner_framepack.encoders.locate import locate_weights, read_config
 from tuner_framepack.encoders.streaming import build_empty, load_weights, open_weights, tensor_shapes
@@ -86,6 +87,7 @@ def load_vae(
     tiling: bool = False,
     tile_sample_min_size: int | None = None,
     option: str = "--vae",
+    transform: Transform | None = None,
 ) -> AutoencoderKLHunyuanVideo:
     """Load the HunyuanVideo VAE from a diffusers file, an original ``.pt``, or a snapshot directory.
 
@@ -106,7 +108,7 @@ def load_vae(
             config = vae_config_from_shapes(tensor_shapes(source, rename), source.description)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         vae = build_empty(lambda: AutoencoderKLHunyuanVideo.from_config(config))
-        load_weights(vae, source, rename, device=device, dtype=dtype, option=option)
+        load_weights(vae, source, rename, device=device, dtype=dtype, option=option, transform=transform)
     configure_vae_memory(vae, chunk_size=chunk_size, tiling=tiling, tile_sample_min_size=tile_sample_min_size)
     return vae
 
