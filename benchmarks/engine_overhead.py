@@ -84,10 +84,10 @@ def engine_step_times(dataset, files, plugins, arch, out: Path, steps: int) -> l
     return [b - a for a, b in zip(stamps[5:], stamps[6:])]  # skip warm-up steps
 
 
-def bare_step_times(dataset, files, arch, steps: int) -> list[float]:
+def bare_step_times(dataset, files, plugins, arch, steps: int) -> list[float]:
     config = load_dataset_config(dataset, arch.dataset_options)
     items = find_cached_items(config, arch, None)
-    data = CachedItemsDataset(items, arch)
+    data = CachedItemsDataset(items, arch, plugins)
     batches = [stack_batch([data[i], data[i + 1]]) for i in range(0, len(items) - 1, 2)]
     model = arch.load_component(
         "dit", CommandOptions(None, ToyTrainOptions(dit=files.dit)), torch.device("cpu")
@@ -113,10 +113,10 @@ def bare_step_times(dataset, files, arch, steps: int) -> list[float]:
     return times[5:]
 
 
-def loading_throughput(dataset, arch, epochs: int = 20) -> tuple[float, float]:
+def loading_throughput(dataset, plugins, arch, epochs: int = 20) -> tuple[float, float]:
     config = load_dataset_config(dataset, arch.dataset_options)
     items = find_cached_items(config, arch, None)
-    data = CachedItemsDataset(items, arch)
+    data = CachedItemsDataset(items, arch, plugins)
     sampler = EpochBatchSampler(items, [2], [1], seed=0)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=stack_batch, num_workers=0)
     count, nbytes = 0, 0
@@ -145,7 +145,7 @@ def main() -> None:
         engine, bare = [], []
         for round_ in range(args.rounds):
             engine += engine_step_times(dataset, files, plugins, arch, root / f"out{round_}", args.steps)
-            bare += bare_step_times(dataset, files, arch, args.steps)
+            bare += bare_step_times(dataset, files, plugins, arch, args.steps)
         e, b = statistics.median(engine), statistics.median(bare)
         print(
             f"toy denoiser dim {args.dim} depth {args.depth}, batch 2 x (8, 5, 32, 32) latents, CPU, 1 thread"
@@ -153,7 +153,7 @@ def main() -> None:
         print(f"engine step  median {e * 1000:8.2f} ms  ({len(engine)} steps)")
         print(f"bare step    median {b * 1000:8.2f} ms  ({len(bare)} steps)")
         print(f"ratio engine/bare: {e / b:.3f}  (target <= 1.05)")
-        items_s, mib_s = loading_throughput(dataset, arch)
+        items_s, mib_s = loading_throughput(dataset, plugins, arch)
         print(
             f"cached-data loading: {items_s:.0f} items/s, {mib_s:.1f} MiB/s (memory-mapped safetensors, 1 process)"
         )

@@ -28,6 +28,7 @@ from tuner_core.options import at_least, build_options, option
 from tuner_core.plugins import Plugins, make_plugin_manager
 from tuner_core.sampling.request import SampleRequest
 from tuner_core.training.run import TrainingRun
+from tuner_core.training.timesteps import shift_sigmas
 
 #: Submodules plugins may import from (each documents its names in ``__all__``).
 PUBLIC_MODULES = (
@@ -72,4 +73,5 @@ __all__ = [
     "load_dataset_config",
     "make_plugin_manager",
     "option",
+    "shift_sigmas",
 ]

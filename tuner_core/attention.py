@@ -31,6 +31,7 @@ from tuner_core.errors import ConfigError, NotAvailableError
 __all__ = [
     "ATTENTION_ALIASES",
     "ATTENTION_BACKENDS",
+    "ATTENTION_MODES",
     "attention",
     "check_attention_backend",
     "normalize_attn_mode",
@@ -46,6 +47,9 @@ ATTENTION_ALIASES = {
     "sageattn": "sage",
     "sage_attn": "sage",
 }
+
+#: Every spelling :func:`normalize_attn_mode` accepts: the backends, then their aliases.
+ATTENTION_MODES = ATTENTION_BACKENDS + tuple(ATTENTION_ALIASES)
 
 #: Python package each optional backend imports, and the name ``pip`` installs it under.
 _PACKAGES = {
@@ -63,8 +67,7 @@ def normalize_attn_mode(mode: str) -> str:
     name = mode.strip().lower()
     name = ATTENTION_ALIASES.get(name, name)
     if name not in ATTENTION_BACKENDS:
-        known = ", ".join(ATTENTION_BACKENDS + tuple(ATTENTION_ALIASES))
-        raise ConfigError(f"unknown attention backend {mode!r}; choose one of: {known}")
+        raise ConfigError(f"unknown attention backend {mode!r}; choose one of: {', '.join(ATTENTION_MODES)}")
     return name
 
 

@@ -11,6 +11,7 @@ import torch
 
 from tuner_core.attention import (
     ATTENTION_BACKENDS,
+    ATTENTION_MODES,
     attention,
     check_attention_backend,
     normalize_attn_mode,
@@ -82,6 +83,23 @@ def test_backend_names_and_aliases():
     with pytest.raises(ConfigError, match="unknown attention backend"):
         normalize_attn_mode("fast")
     assert check_attention_backend("sdpa", training=True) == "sdpa"
+
+
+def test_the_options_take_their_attention_modes_from_the_one_table():
+    import attrs
+
+    from tuner_core.config.generate_options import GenerateOptions
+    from tuner_core.config.train_options import ATTENTION_FLAGS
+    from tuner_core.options import META_KEY
+
+    assert attrs.fields_dict(GenerateOptions)["attn_mode"].metadata[META_KEY].choices == ATTENTION_MODES
+    assert all(normalize_attn_mode(mode) in ATTENTION_BACKENDS for mode in ATTENTION_MODES)
+    assert ATTENTION_FLAGS == {
+        "sdpa": "sdpa",
+        "flash_attn": "flash",
+        "sage_attn": "sage",
+        "xformers": "xformers",
+    }
 
 
 @pytest.mark.parametrize(

@@ -46,10 +46,11 @@ def test_every_hook_spec_and_argument_is_documented():
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     missing = []
     for name, params in SPECS.items():
-        if f"`{name}" not in doc:
+        heading = f"#### `{name}("
+        if heading not in doc:
             missing.append(name)
             continue
-        section = doc[doc.index(f"`{name}") :][:1500]
+        section = doc[doc.index(heading) :][:1500]
         missing += [f"{name}({p})" for p in params if p not in section]
     assert not missing, f"undocumented hooks or arguments in docs/architecture.md: {missing}"
 

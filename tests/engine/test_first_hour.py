@@ -6,9 +6,12 @@ that would fail to load: reaching the loader would raise a different error than 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tuner_cli.main import main
 from tuner_core import ConfigError, NotAvailableError
@@ -156,6 +159,20 @@ def test_resume_with_the_same_settings_continues(toy, tmp_path):
     run("train", train_values(toy, out, max_train_steps=2, save_state_on_train_end=True))
     result = run("train", train_values(toy, out, max_train_steps=4, resume=out / "last-state"))
     assert result.counts["steps"] == 4
+
+
+def test_a_resumed_run_without_seed_keeps_the_seed_of_the_state(toy, tmp_path):
+    cache_all(toy)
+    common = {"max_train_steps": 4, "save_every_n_steps": 2, "save_state": True}
+    values = train_values(toy, tmp_path / "unbroken", **common)
+    values.pop("seed")  # a random seed, recorded in every state
+    run("train", values)
+    state = tmp_path / "unbroken" / "last-step00000002-state"
+    assert json.loads((state / "tuner_run.json").read_text())["seed"] >= 0
+    resumed = {**values, "output_dir": tmp_path / "resumed", "resume": state}
+    run("train", resumed)
+    a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("unbroken", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cache_directory_that_cannot_be_created_is_found_first(toy, tmp_path):

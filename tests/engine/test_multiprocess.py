@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,12 @@ import pytest
 from .helpers import cache_all
 
 SCRIPT = Path(__file__).with_name("multiprocess_train.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def launchers() -> list[list[str]]:
@@ -43,8 +50,10 @@ def test_two_process_training(toy, tmp_path, launcher):
     cache_all(toy)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNER_LOG_LEVEL": "WARNING"}
+    # A free port of its own: two runs on the default port (29500) at once join each other's group and hang.
+    port = ["--main_process_port" if "accelerate" in launcher[0] else "--master_port", str(free_port())]
     result = subprocess.run(
-        [*launcher, str(SCRIPT), str(toy.root), str(out)],
+        [*launcher, *port, str(SCRIPT), str(toy.root), str(out)],
         capture_output=True,
         text=True,
         env=env,

@@ -21,12 +21,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tuner_core.atomic import TEMP_SUFFIX, atomic_write
 from tuner_core.cache.record import CacheRecord
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "tuner.fingerprint"
-TEMP_SUFFIX = ".tmp"
 
 
 class CacheStatus(enum.Enum):
@@ -45,61 +45,43 @@ def fingerprint(parts: Mapping[str, object]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def source_identity(path: Path) -> str:
-    """Size and modification time of a media file (or of every file of a frame directory)."""
-    if path.is_dir():
-        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
-        return f"dir:{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
-    stat = path.stat()
+def _size_and_mtime(stat: os.stat_result) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _temp_path(path: Path) -> Path:
-    # Hidden, and not ending in .safetensors, so no glob of cache files ever picks a half-written one up.
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+def source_identity(path: Path) -> str:
+    """Size and modification time of a media file (or of every file of a frame directory).
+
+    Unlike :func:`file_identity` it leaves the location out and sums a frame directory up in one entry.
+    """
+    if path.is_dir():
+        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
+        return f"dir:{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+    return _size_and_mtime(path.stat())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def file_identity(path: str | Path | None) -> str:
+    """Location, size and mtime of a weights file, or of every file of a snapshot directory; ``-`` for none.
 
-
-#: Mode of the files tuner writes: what ``open()`` would give. Temporary files are created private
-#: (safetensors and mkstemp use 0600), so the mode is set before the rename makes a file visible.
-FILE_MODE = 0o666 & ~_umask()
+    For an architecture's ``cache_identity``: a cache made with other encoder files is stale.
+    """
+    if path is None:
+        return "-"
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return ";".join(f"{p.resolve()}:{_size_and_mtime(p.stat())}" for p in files if p.exists())
 
 
 def atomic_write_safetensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
 ) -> None:
-    """Write a safetensors file so that ``path`` is either the old file or the complete new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
+    """Write a safetensors file so that ``path`` is either the old file or the complete new one, never half.
+
+    ``metadata=None`` writes no metadata block; an empty mapping writes an empty one (bytes differ).
+    """
     payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    try:
-        save_file(payload, str(temp), metadata=dict(metadata))
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on every platform / file system
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as temp:
+        save_file(payload, str(temp), metadata=None if metadata is None else dict(metadata))
 
 
 def write_record(directory: Path, record: CacheRecord, item_fingerprint: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from tuner_core.commands.result import CommandResult
 from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.errors import ConfigError
-from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
+from tuner_core.media.write import write_sample
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
 from tuner_core.network import NetworkType
 from tuner_core.options import CommandOptions
@@ -147,18 +146,10 @@ def run_generate(
         video = plugins.hook.tuner_sample(
             architecture=architecture, models=models, request=request, options=combined, generator=generator
         )
-    frames = to_uint8_frames(video)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{seed}"
-    written: list[Path] = []
-    if options.output_type == "images" or frames.shape[0] == 1:
-        directory = options.save_path / stem
-        written += [write_image(directory / f"{i:04d}.png", f) for i, f in enumerate(frames)]
-    else:
-        written.append(
-            write_video(
-                options.save_path / f"{stem}.mp4", pad_to_even(frames), options.fps, options={"crf": "16"}
-            )
-        )
+    # A single frame goes into an image directory too, as --output_type images would write it.
+    images = options.output_type == "images" or video.shape[1] == 1
+    written = write_sample(video, options.save_path, stem, options.fps, images=images)
     log.info("seed %d", seed)
     return CommandResult(
         "generate", {"video" if options.output_type == "video" else "images": written}, {"seed": seed}

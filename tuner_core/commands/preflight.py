@@ -198,8 +198,9 @@ def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins
         )
         if core.dim_from_weights or (core.network_module is not None and network is None):
             expected.pop("network_dim")
-        if core.network_module is not None and network is None:
-            expected.pop("network_type")
+        if core.network_module is not None and network is None:  # reported above; compare the rest
+            for key in ("network_type", "network_alpha"):
+                expected.pop(key)
         for message in resume_problems(core.resume, expected):
             problems.add(message)
     if core.sample_prompts is not None and core.sample_prompts.is_file():

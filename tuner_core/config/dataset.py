@@ -2,7 +2,7 @@
 
 The format is musubi-tuner's. Keys in ``[general]`` apply to every dataset unless the dataset table sets
 them; an architecture may accept extra dataset keys (``fp_latent_window_size`` for FramePack). Errors
-name the file, the table (``datasets[2]``), the key, the bad value and what is accepted.
+name the file, the table (``datasets[N]``, counted from 0), the key, the bad value and what is accepted.
 """
 
 from __future__ import annotations

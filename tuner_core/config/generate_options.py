@@ -6,13 +6,13 @@ from pathlib import Path
 
 import attrs
 
+from tuner_core.attention import ATTENTION_MODES
 from tuner_core.errors import ConfigError
 from tuner_core.options import at_least, option
 from tuner_core.seeds import check_seed
 
 PROMPT, MODEL, MEMORY, NETWORK, OUTPUT = "prompt", "model", "memory", "LoRA / LyCORIS", "output"
 OUTPUT_TYPES = ("video", "images", "latent", "both", "latent_images")
-ATTN_MODES = ("sdpa", "torch", "flash", "sageattn", "sage", "xformers")
 
 
 @attrs.frozen(kw_only=True)
@@ -40,7 +40,7 @@ class GenerateOptions:
         1.0, help="Classifier-free guidance scale (1.0 runs no negative pass).", group=PROMPT
     )
 
-    attn_mode: str = option("torch", help="Attention backend.", choices=ATTN_MODES, group=MODEL)
+    attn_mode: str = option("torch", help="Attention backend.", choices=ATTENTION_MODES, group=MODEL)
     split_attn: bool = option(False, help="Run attention one batch element at a time.", group=MODEL)
     device: str | None = option(None, help="Device (default: cuda if available, else cpu).", group=MODEL)
 

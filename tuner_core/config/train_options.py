@@ -6,6 +6,7 @@ from pathlib import Path
 
 import attrs
 
+from tuner_core.attention import normalize_attn_mode
 from tuner_core.errors import ConfigError
 from tuner_core.options import at_least, option
 from tuner_core.seeds import check_seed
@@ -32,7 +33,10 @@ LR_SCHEDULERS = (
     "polynomial",
     "constant_with_warmup",
 )
-ATTENTION_FLAGS = {"sdpa": "sdpa", "flash_attn": "flash", "sage_attn": "sage", "xformers": "xformers"}
+#: The attention flags (each a field below) and the backend each selects.
+ATTENTION_FLAGS = {
+    flag: normalize_attn_mode(flag) for flag in ("sdpa", "flash_attn", "sage_attn", "xformers")
+}
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,7 @@
-"""Writing videos with PyAV, atomically: a killed run leaves the old file or none, never half a video."""
+"""Writing videos (PyAV) and images (Pillow) atomically: a killed run leaves the old file or none, never half."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +10,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from tuner_core.atomic import atomic_write
 
 
 def write_video(
@@ -45,23 +45,30 @@ def write_video(
     height, width = frames.shape[1:3]
     if pix_fmt == "yuv420p" and (width % 2 or height % 2):
         raise ValueError(f"{path}: yuv420p needs an even width and height, got {width}x{height}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        with av.open(str(temp), "w") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(100_000))
-            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            if gop_size is not None:
-                stream.codec_context.gop_size = gop_size
-            if options:
-                stream.options = dict(options)
-            for pixels in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-            container.mux(stream.encode(None))
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with (
+        atomic_write(path) as temp,
+        av.open(str(temp), "w", format=_container_format(path)) as container,
+    ):
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(100_000))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if gop_size is not None:
+            stream.codec_context.gop_size = gop_size
+        if options:
+            stream.options = dict(options)
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode(None))
     return path
+
+
+def _container_format(path: Path) -> str:
+    """The muxer FFmpeg picks for ``path``'s extension (the temporary name has none to pick it by).
+
+    Opening for writing only names the file; PyAV opens it when the first packet is muxed, so this writes
+    nothing.
+    """
+    with av.open(str(path), "w") as probe:
+        return probe.format.name
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -80,14 +87,26 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
 def write_image(path: Path, frame: np.ndarray) -> Path:
     """Save one uint8 (H, W, 3) frame as PNG, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
-    try:
+    with atomic_write(path) as temp:
         Image.fromarray(frame).save(temp, format="PNG")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
     return path
 
 
-__all__ = ["pad_to_even", "to_uint8_frames", "write_image", "write_video"]
+def write_sample(
+    video: torch.Tensor, directory: Path, stem: str, fps: float, *, images: bool = False
+) -> list[Path]:
+    """Write a generated ``(C, F, H, W)`` video with pixels in [0, 1] under ``directory``; return the files.
+
+    Several frames become ``<stem>.mp4`` (H.264 at crf 16, padded to an even size) and a single frame
+    ``<stem>.png``; with ``images``, every frame is a PNG in ``<stem>/`` (``0000.png``, ``0001.png``, ...).
+    """
+    directory = Path(directory)
+    frames = to_uint8_frames(video)
+    if images:
+        return [write_image(directory / stem / f"{i:04d}.png", frame) for i, frame in enumerate(frames)]
+    if len(frames) == 1:
+        return [write_image(directory / f"{stem}.png", frames[0])]
+    return [write_video(directory / f"{stem}.mp4", pad_to_even(frames), fps, options={"crf": "16"})]
+
+
+__all__ = ["pad_to_even", "to_uint8_frames", "write_image", "write_sample", "write_video"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tuner_core.atomic import fsync_directory, temp_path
 from tuner_core.cache.store import atomic_write_safetensors
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ def prune(directory: Path, output_name: str, *, kind: str, keep: int | None, sta
 
 def atomic_directory(final: Path) -> Path:
     """A fresh temporary directory beside ``final``; pass it to :func:`commit_directory` when complete."""
-    temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    if temp.exists():
-        shutil.rmtree(temp)
+    temp = temp_path(final)
     temp.mkdir(parents=True)
     return temp
 
@@ -86,8 +85,9 @@ def commit_directory(temp: Path, final: Path) -> None:
     """Move a completed temporary directory into place, replacing an older ``final``."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
+        old = temp_path(final, ".old")
         os.replace(final, old)
     os.replace(temp, final)
+    fsync_directory(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

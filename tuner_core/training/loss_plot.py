@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from tuner_core.atomic import atomic_write
 
 WIDTH, HEIGHT, MARGIN = 800, 400, 50
 
@@ -53,8 +54,6 @@ def write_loss_plot(path: Path, losses: Sequence[float]) -> Path | None:
     draw.text((5, MARGIN - 5), f"{high:.4g}", fill="black")
     draw.text((5, HEIGHT - MARGIN - 5), f"{low:.4g}", fill="black")
     draw.text((WIDTH - MARGIN - 30, HEIGHT - MARGIN + 10), str(len(losses)), fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    image.save(temp, format="PNG")
-    os.replace(temp, path)
+    with atomic_write(path) as temp:
+        image.save(temp, format="PNG")
     return path

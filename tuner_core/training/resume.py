@@ -18,6 +18,8 @@ from tuner_core.errors import ConfigError
 from tuner_core.weights.save import save_json
 
 RUN_FILE = "tuner_run.json"
+#: The seed of the run, recorded beside the settings: resuming without ``--seed`` continues with it.
+SEED_KEY = "seed"
 #: The file every state directory holds (the trained weights; see ``saving.py``).
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -53,6 +55,15 @@ def write_run_settings(state_dir: Path, settings: Mapping[str, Any]) -> None:
     save_json(dict(settings), state_dir / RUN_FILE)
 
 
+def saved_seed(state_dir: Path | None) -> int | None:
+    """The seed recorded in a state directory (``None`` without a state or a record)."""
+    record = None if state_dir is None else state_dir / RUN_FILE
+    if record is None or not record.is_file():
+        return None
+    seed = json.loads(record.read_text(encoding="utf-8")).get(SEED_KEY)
+    return seed if isinstance(seed, int) else None
+
+
 def _shown(value: Any) -> str:
     if value is None:
         return "(none)"
@@ -70,12 +81,13 @@ def resume_problems(state_dir: Path, expected: Mapping[str, Any]) -> list[str]:
         return [
             f"--resume {state_dir} is a file; give a state directory (NAME-state, NAME-step00000010-state)"
         ]
-    if not (state_dir / TRAINABLE_FILE).is_file():
+    record = state_dir / RUN_FILE
+    # FSDP and DeepSpeed states hold sharded weights of their own instead of TRAINABLE_FILE.
+    if not record.is_file() and not (state_dir / TRAINABLE_FILE).is_file():
         return [
             f"--resume {state_dir} is not a tuner state directory (it holds no {TRAINABLE_FILE}); give a "
             "directory that --save_state wrote, such as NAME-step00000010-state"
         ]
-    record = state_dir / RUN_FILE
     if not record.is_file():
         return []  # written by an older tuner: the load itself reports a mismatch
     try:

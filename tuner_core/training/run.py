@@ -1,4 +1,4 @@
-"""The state of a training run that lifecycle hooks and callbacks see."""
+"""The state of a training run that lifecycle hooks and callbacks see, and that every state directory saves."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ from typing import Any
 
 import attrs
 
+# What a state directory records of the position: the keys of the ``Counters`` that older tuners saved, so
+# that their states still resume.
+_POSITION = ("global_step", "epoch", "batches_in_epoch", "losses")
+
 
 @attrs.define
 class TrainingRun:
-    """A training run in progress.
+    """A training run in progress: the one record of its position.
+
+    The trainer advances it, accelerate saves and restores it with every state directory
+    (:meth:`state_dict` / :meth:`load_state_dict`), and lifecycle hooks receive it.
 
     :param options: the validated core training options.
     :param arch_options: the architecture's own validated options.
@@ -19,6 +26,12 @@ class TrainingRun:
     :param is_main_process: whether this process writes files.
     :param trained: the module holding the trained parameters (the denoiser with its network); plugins
         that track weights (EMA, checksums, uploads) read it.
+    :param global_step: optimizer steps done.
+    :param epoch: epochs completed (0 during the first one).
+    :param batches_in_epoch: batches of the current epoch done, on this process.
+    :param total_steps: optimizer steps the run makes in all.
+    :param losses: the mean loss of every optimizer step done.
+    :param last_metrics: the metrics of the last optimizer step (``loss``, ``lr``, ``epoch``).
     """
 
     options: Any
@@ -29,6 +42,24 @@ class TrainingRun:
     trained: Any = None
     global_step: int = 0
     epoch: int = 0
-    step_in_epoch: int = 0
+    batches_in_epoch: int = 0
     total_steps: int = 0
+    losses: list[float] = attrs.field(factory=list)
     last_metrics: dict[str, float] = attrs.field(factory=dict)
+
+    @property
+    def step_in_epoch(self) -> int:
+        """The former name of :attr:`batches_in_epoch` (it counts batches, not optimizer steps)."""
+        return self.batches_in_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position, as saved in a state directory."""
+        state = {key: getattr(self, key) for key in _POSITION}
+        state["losses"] = list(self.losses)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a position that :meth:`state_dict` (or an older tuner's ``Counters``) saved."""
+        for key in _POSITION:
+            if key in state:
+                setattr(self, key, list(state[key]) if key == "losses" else state[key])

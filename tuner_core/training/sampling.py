@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
 from tuner_core.components import Components
-from tuner_core.media.write import pad_to_even, to_uint8_frames, write_image, write_video
+from tuner_core.media.write import write_sample
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.sampling.request import SampleRequest
@@ -124,18 +124,9 @@ class TrainingSampler:
                         options=self.options,
                         generator=generator,
                     )
-                frames = to_uint8_frames(video)
                 stem = f"{core.output_name}_{label}_{index:02d}_{stamp}_{seed}"
-                directory = core.output_dir / "sample"
-                if frames.shape[0] == 1:
-                    paths.append(write_image(directory / f"{stem}.png", frames[0]))
-                else:
-                    fps = getattr(self.options, "fps", None) or self.architecture.media.fps
-                    paths.append(
-                        write_video(
-                            directory / f"{stem}.mp4", pad_to_even(frames), fps, options={"crf": "16"}
-                        )
-                    )
+                fps = getattr(self.options, "fps", None) or self.architecture.media.fps
+                paths += write_sample(video, core.output_dir / "sample", stem, fps)
                 log.info("sample %s", paths[-1])
             return paths
         finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import torch
@@ -20,11 +20,14 @@ from tuner_core.plugins import Plugins
 from tuner_core.training import checkpoints
 from tuner_core.training.metadata import model_hashes, progress_metadata
 from tuner_core.training.model_setup import PreparedModel
-from tuner_core.training.resume import TRAINABLE_FILE, mismatch_error, run_settings, write_run_settings
+from tuner_core.training.resume import (
+    SEED_KEY,
+    TRAINABLE_FILE,
+    mismatch_error,
+    run_settings,
+    write_run_settings,
+)
 from tuner_core.training.run import TrainingRun
-
-if TYPE_CHECKING:
-    from tuner_core.training.trainer import Counters
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,10 @@ class Saver:
         metadata: dict[str, str],
         plugins: Plugins,
         run: TrainingRun,
+        seed: int,
     ) -> None:
         self.accelerator = accelerator
+        self.seed = seed
         self.step_module = step_module
         self.prepared = prepared
         self.core = core
@@ -125,22 +130,22 @@ class Saver:
                 network_type=network.name if network else None,
                 network_dim=self.prepared.network_dim,
             )
-            write_run_settings(temp, settings)
+            write_run_settings(temp, {**settings, SEED_KEY: self.seed})
             checkpoints.commit_directory(temp, final)
             self.plugins.hook.tuner_on_save(run=self.run, path=final, kind="state")
             log.info("saved state %s", final)
         self.accelerator.wait_for_everyone()
         return final
 
-    def save(self, *, counters: Counters, epoch: int, step: int | None = None) -> None:
-        """An intermediate save: per step (``step`` given) or per epoch."""
+    def save(self, *, epoch: int, step: int | None = None) -> None:
+        """An intermediate save at the run's position: per step (``step`` given) or per epoch."""
         core = self.core
         by_step = step is not None
         names = {"step": step} if by_step else {"epoch": epoch}
         self._weights(
             checkpoints.weights_name(core.output_name, **names),
             epoch=epoch,
-            steps=counters.global_step,
+            steps=self.run.global_step,
             finished=False,
         )
         if core.save_state:
@@ -158,11 +163,11 @@ class Saver:
                 core.output_dir, core.output_name, kind=kind, keep=keep_state or keep, state=True
             )
 
-    def save_final(self, *, counters: Counters, epoch: int) -> Saved:
+    def save_final(self, *, epoch: int) -> Saved:
         """The final weights (and state, with ``--save_state`` or ``--save_state_on_train_end``)."""
         core = self.core
         weights = self._weights(
-            checkpoints.weights_name(core.output_name), epoch=epoch, steps=counters.global_step, finished=True
+            checkpoints.weights_name(core.output_name), epoch=epoch, steps=self.run.global_step, finished=True
         )
         state = None
         if core.save_state or core.save_state_on_train_end:

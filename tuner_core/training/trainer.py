@@ -3,6 +3,11 @@
 One optimizer step = ``gradient_accumulation_steps`` batches. Noise and timesteps of every batch come from
 a generator seeded with (seed, process, batch number), and the batch order of every epoch from (seed,
 epoch), so a run resumed from a state directory continues exactly where the saved one was.
+
+:func:`train` is :func:`_setup` (everything the loop needs, a resumed position loaded), :func:`_run_epochs`
+(batches, optimizer steps, the saves and samples due after them) and :func:`_finish` (the final files). The
+run's position lives in one place, the :class:`~tuner_core.training.run.TrainingRun` that plugins receive and
+state directories save.
 """
 
 from __future__ import annotations
@@ -38,33 +43,16 @@ from tuner_core.training.cached_data import (
 )
 from tuner_core.training.lr_schedulers import build_lr_scheduler, check_lr_options
 from tuner_core.training.metadata import training_metadata
-from tuner_core.training.model_setup import prepare_model
-from tuner_core.training.optimizers import build_optimizer
+from tuner_core.training.model_setup import PreparedModel, prepare_model
+from tuner_core.training.optimizers import BuiltOptimizer, build_optimizer
 from tuner_core.training.progress import Progress
-from tuner_core.training.resume import mismatch_error
+from tuner_core.training.resume import mismatch_error, saved_seed
 from tuner_core.training.run import TrainingRun
 from tuner_core.training.sampling import TrainingSampler
 from tuner_core.training.saving import Saver, register_state_hooks
 from tuner_core.training.timesteps import TimestepSampler
 
 log = logging.getLogger(__name__)
-
-
-@attrs.define
-class Counters:
-    """Position of a run, saved in every state directory."""
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    losses: list[float] = attrs.field(factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
 
 
 @attrs.frozen
@@ -79,6 +67,43 @@ class TrainResult:
     epochs: int
 
 
+@attrs.frozen
+class TrainingData:
+    """The cached items and the loader that serves this process its share of them."""
+
+    config: Any
+    items: list[Any]
+    sampler: EpochBatchSampler
+    loader: DataLoader
+    batches_per_epoch: int
+
+
+@attrs.define(kw_only=True)
+class TrainingSession:
+    """What :func:`_setup` builds for one run; the loop's functions read it and advance ``run``."""
+
+    options: Any
+    architecture: Architecture
+    plugins: Plugins
+    accelerator: Accelerator
+    seed: int
+    data: TrainingData
+    epochs: int
+    step_module: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    timesteps: TimestepSampler
+    run: TrainingRun
+    saver: Saver
+    sampling: TrainingSampler
+    on_step: Callable[[TrainingRun], None] | None = None
+
+    @property
+    def core(self) -> Any:
+        """The validated core training options."""
+        return self.options.core
+
+
 def train(
     options: Any,
     *,
@@ -90,9 +115,85 @@ def train(
 
     :param on_step: called after every optimizer step with the run's state (for embedding programs).
     """
+    session = _setup(options, architecture, plugins, on_step)
+    run = session.run
+    plugins.hook.tuner_on_train_start(run=run)
+    enabled = session.accelerator.is_local_main_process
+    with contextlib.closing(Progress(run.total_steps, enabled=enabled, start=run.global_step)) as progress:
+        if session.core.sample_at_first and run.global_step == 0:
+            session.sampling.maybe_sample(run, step=0, epoch=0, force=True)
+        session.step_module.train()
+        _run_epochs(session, progress)
+    return _finish(session)
+
+
+# -- setup -------------------------------------------------------------------------------------------------
+
+
+def _setup(
+    options: Any,
+    architecture: Architecture,
+    plugins: Plugins,
+    on_step: Callable[[TrainingRun], None] | None,
+) -> TrainingSession:
+    """Accelerator, data, model, optimizer, schedule, saver and sampler; a resumed run's position loaded."""
     core = options.core
-    seed = core.seed if core.seed is not None else random_seed()
-    accelerator = Accelerator(
+    seed = core.seed if core.seed is not None else saved_seed(core.resume)  # a resumed run keeps its seed
+    seed = seed if seed is not None else random_seed()
+    accelerator = _accelerator(core)
+    log.info("seed: %d, processes: %d, device: %s", seed, accelerator.num_processes, accelerator.device)
+    # Before the model is built: the network's initial weights and dropout draw from these.
+    torch.manual_seed(derive_seed(seed, "process", accelerator.process_index))
+    random.seed(seed)
+
+    data = _data(options, architecture, plugins, accelerator, seed)
+    total_steps, epochs = _run_length(core, data)
+    check_lr_options(core, total_steps)  # with the real step count, still before the model loads
+
+    prepared = prepare_model(options, architecture, plugins, accelerator.device)
+    built, scheduler = _optimizer_and_schedule(core, prepared, total_steps)
+    step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer)
+    run = TrainingRun(
+        options=core,
+        arch_options=options.arch,
+        architecture=architecture,
+        output_dir=core.output_dir,
+        is_main_process=accelerator.is_main_process,
+        trained=prepared.step,
+        total_steps=total_steps,
+    )
+    # In this order they are custom_checkpoint_0 and _1 of every state directory.
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(run)
+    register_state_hooks(accelerator, prepared)
+    if core.resume is not None:
+        _resume(accelerator, core.resume, run)
+
+    metadata = _metadata(options, architecture, prepared, built, data, total_steps, epochs)
+    session = TrainingSession(
+        options=options,
+        architecture=architecture,
+        plugins=plugins,
+        accelerator=accelerator,
+        seed=seed,
+        data=data,
+        epochs=epochs,
+        step_module=step_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        timesteps=TimestepSampler.from_options(core),
+        run=run,
+        saver=Saver(accelerator, step_module, prepared, core, metadata, plugins, run, seed),
+        sampling=TrainingSampler.create(options, architecture, plugins, accelerator, prepared),
+        on_step=on_step,
+    )
+    if core.logging_dir:
+        accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
+    return session
+
+
+def _accelerator(core: Any) -> Accelerator:
+    return Accelerator(
         # Several processes without CUDA: accelerate only sets up gloo (MULTI_CPU) when told it runs on CPU.
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=core.mixed_precision,
@@ -101,11 +202,12 @@ def train(
             project_dir=str(core.output_dir), logging_dir=str(core.logging_dir or "")
         ),
     )
-    log.info("seed: %d, processes: %d, device: %s", seed, accelerator.num_processes, accelerator.device)
-    torch.manual_seed(derive_seed(seed, "process", accelerator.process_index))
-    random.seed(seed)
 
-    # -- data --------------------------------------------------------------------------------------------
+
+def _data(
+    options: Any, architecture: Architecture, plugins: Plugins, accelerator: Accelerator, seed: int
+) -> TrainingData:
+    core = options.core
     config = load_dataset_config(core.dataset_config, architecture.dataset_options)
     items = find_cached_items(config, architecture, options)
     batch_sizes, repeats = batch_settings(config)
@@ -128,9 +230,12 @@ def train(
         # or a resumed run would draw one number more than the run it continues.
         generator=torch.Generator().manual_seed(seed),
     )
-    accumulation = core.gradient_accumulation_steps
-    batches_per_epoch = sampler.batches_per_epoch()
-    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    return TrainingData(config, items, sampler, loader, sampler.batches_per_epoch())
+
+
+def _run_length(core: Any, data: TrainingData) -> tuple[int, int]:
+    """The run's optimizer steps and epochs."""
+    steps_per_epoch = math.ceil(data.batches_per_epoch / core.gradient_accumulation_steps)
     total_steps = core.max_train_epochs * steps_per_epoch if core.max_train_epochs else core.max_train_steps
     if core.max_train_epochs:
         log.info(
@@ -139,17 +244,19 @@ def train(
             total_steps,
         )
     epochs = math.ceil(total_steps / steps_per_epoch)
-    check_lr_options(core, total_steps)  # with the real step count, still before the model loads
     log.info(
         "%d items, %d batches per epoch and process, %d steps over %d epochs",
-        len(items),
-        batches_per_epoch,
+        len(data.items),
+        data.batches_per_epoch,
         total_steps,
         epochs,
     )
+    return total_steps, epochs
 
-    # -- model, optimizer, schedule ----------------------------------------------------------------------
-    prepared = prepare_model(options, architecture, plugins, accelerator.device)
+
+def _optimizer_and_schedule(
+    core: Any, prepared: PreparedModel, total_steps: int
+) -> tuple[BuiltOptimizer, Any]:
     built = build_optimizer(
         prepared.param_groups,
         optimizer_type=core.optimizer_type,
@@ -167,51 +274,49 @@ def train(
         lr_scheduler_min_lr_ratio=core.lr_scheduler_min_lr_ratio,
         learning_rate=core.learning_rate,
     )
-    step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer)
-    counters = Counters()
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(counters)
-    register_state_hooks(accelerator, prepared)
-    if core.resume is not None:  # pre-flight has compared the state's recorded settings with these
-        try:
-            accelerator.load_state(str(core.resume))
-        except (RuntimeError, ValueError, KeyError) as exc:  # a state saved without its settings record
-            raise mismatch_error(core.resume, exc) from exc
-        log.info(
-            "resumed from %s at step %d (epoch %d, batch %d)",
-            core.resume,
-            counters.global_step,
-            counters.epoch + 1,
-            counters.batches_in_epoch,
-        )
+    return built, scheduler
 
-    timesteps = TimestepSampler.from_options(core)
-    run = TrainingRun(
-        options=core,
-        arch_options=options.arch,
-        architecture=architecture,
-        output_dir=core.output_dir,
-        is_main_process=accelerator.is_main_process,
-        trained=prepared.step,
-        global_step=counters.global_step,
-        epoch=counters.epoch,
-        total_steps=total_steps,
+
+def _resume(accelerator: Accelerator, state: Path, run: TrainingRun) -> None:
+    """Load a state directory; pre-flight has compared its recorded settings with this run's."""
+    try:
+        accelerator.load_state(str(state))
+    except (RuntimeError, ValueError, KeyError) as exc:  # a state saved without its settings record
+        raise mismatch_error(state, exc) from exc
+    log.info(
+        "resumed from %s at step %d (epoch %d, batch %d)",
+        state,
+        run.global_step,
+        run.epoch + 1,
+        run.batches_in_epoch,
     )
-    metadata = training_metadata(
+
+
+def _metadata(
+    options: Any,
+    architecture: Architecture,
+    prepared: PreparedModel,
+    built: BuiltOptimizer,
+    data: TrainingData,
+    total_steps: int,
+    epochs: int,
+) -> dict[str, str]:
+    """What every saved weights file records about the run."""
+    core = options.core
+    network = prepared.network_type
+    return training_metadata(
         options,
         architecture,
         session_id=uuid.uuid4().hex,
         started_at=time.time(),
-        num_train_items=len(items),
-        num_batches_per_epoch=batches_per_epoch,
+        num_train_items=len(data.items),
+        num_batches_per_epoch=data.batches_per_epoch,
         num_epochs=epochs,
         max_train_steps=total_steps,
         optimizer_description=built.description,
         network_metadata=(
-            prepared.network_type.metadata(
-                prepared.network_dim or 0, core.network_alpha, prepared.network_args
-            )
-            if prepared.network_type
+            network.metadata(prepared.network_dim or 0, core.network_alpha, prepared.network_args)
+            if network
             else {}
         ),
         network_args=prepared.network_args,
@@ -221,93 +326,135 @@ def train(
                 "batch_size": d.keys.batch_size,
                 "num_repeats": d.keys.num_repeats,
             }
-            for d in config.datasets
+            for d in data.config.datasets
         ],
         model_name=str(getattr(options, architecture.trained_component, "") or ""),
         title=core.output_name,
     )
-    saver = Saver(accelerator, step_module, prepared, core, metadata, plugins, run)
-    sampling = TrainingSampler.create(options, architecture, plugins, accelerator, prepared)
-    if core.logging_dir:
-        accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
-    plugins.hook.tuner_on_train_start(run=run)
-    progress = Progress(total_steps, enabled=accelerator.is_local_main_process, start=counters.global_step)
 
-    if core.sample_at_first and counters.global_step == 0:
-        sampling.maybe_sample(run, step=0, epoch=0, force=True)
 
-    step_module.train()
-    pending: list[float] = []
-    try:
-        while counters.global_step < total_steps and counters.epoch < epochs:
-            sampler.set_epoch(counters.epoch, start=counters.batches_in_epoch)
-            for batch in loader:
-                counters.batches_in_epoch += 1
-                last_of_epoch = counters.batches_in_epoch == batches_per_epoch
-                sync = counters.batches_in_epoch % accumulation == 0 or last_of_epoch
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                number = counters.epoch * batches_per_epoch + counters.batches_in_epoch
-                generator = seeded_generator(seed, "batch", accelerator.process_index, number)
-                with contextlib.nullcontext() if sync else accelerator.no_sync(step_module):
-                    loss = _loss(
-                        step_module, batch, timesteps, generator, architecture, plugins, options, accelerator
-                    )
-                    accelerator.backward(loss / accumulation)
-                pending.append(loss.detach().float().item())
-                if not sync:
-                    continue
-                if core.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(step_module.parameters(), core.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                counters.global_step += 1
-                step_loss = sum(pending) / len(pending)
-                pending.clear()
-                counters.losses.append(step_loss)
-                run.global_step, run.epoch, run.step_in_epoch = (
-                    counters.global_step,
-                    counters.epoch,
-                    counters.batches_in_epoch,
-                )
-                metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "epoch": counters.epoch + 1}
-                run.last_metrics = metrics
-                progress.update(metrics)
-                if core.logging_dir:
-                    accelerator.log(
-                        {"loss/current": step_loss, "lr/unet": metrics["lr"]}, step=counters.global_step
-                    )
-                plugins.hook.tuner_on_step_end(run=run, step=counters.global_step, metrics=metrics)
-                if on_step is not None:
-                    on_step(run)
-                if counters.global_step >= total_steps:
-                    break
-                if core.save_every_n_steps and counters.global_step % core.save_every_n_steps == 0:
-                    saver.save(step=counters.global_step, epoch=counters.epoch + 1, counters=counters)
-                sampling.maybe_sample(run, step=counters.global_step, epoch=None)
-            if counters.global_step >= total_steps:
-                break
-            counters.epoch += 1
-            counters.batches_in_epoch = 0
-            if (
-                core.save_every_n_epochs
-                and counters.epoch % core.save_every_n_epochs == 0
-                and counters.epoch < epochs
-            ):
-                saver.save(epoch=counters.epoch, counters=counters)
-            sampling.maybe_sample(run, step=counters.global_step, epoch=counters.epoch)
-    finally:
-        progress.close()
+# -- the loop ----------------------------------------------------------------------------------------------
 
-    final = saver.save_final(counters=counters, epoch=min(counters.epoch + 1, epochs))
-    sampling.maybe_sample(run, step=counters.global_step, epoch=None, final=True)
+
+def _run_epochs(session: TrainingSession, progress: Progress) -> None:
+    """Epochs until the last step; a resumed run first finishes the epoch it was saved in."""
+    run = session.run
+    while run.global_step < run.total_steps and run.epoch < session.epochs:
+        _run_epoch(session, progress)
+        if run.global_step >= run.total_steps:
+            return
+        run.epoch += 1
+        run.batches_in_epoch = 0
+        _after_epoch(session)
+
+
+def _run_epoch(session: TrainingSession, progress: Progress) -> None:
+    """The epoch's remaining batches: an optimizer step every ``gradient_accumulation_steps`` of them."""
+    run, data = session.run, session.data
+    accumulation = session.core.gradient_accumulation_steps
+    data.sampler.set_epoch(run.epoch, start=run.batches_in_epoch)
+    losses: list[float] = []
+    for batch in data.loader:
+        run.batches_in_epoch += 1
+        # The last batch of an epoch steps too, so no epoch's gradients spill into the next.
+        sync = run.batches_in_epoch % accumulation == 0 or run.batches_in_epoch == data.batches_per_epoch
+        losses.append(_backward(session, batch, sync=sync, accumulation=accumulation))
+        if not sync:
+            continue
+        _optimizer_step(session)
+        _record_step(session, sum(losses) / len(losses), progress)
+        losses.clear()
+        if run.global_step >= run.total_steps:
+            return  # the final save is _finish's
+        _after_step(session)
+
+
+def _backward(
+    session: TrainingSession, batch: dict[str, torch.Tensor], *, sync: bool, accumulation: int
+) -> float:
+    """Gradients of one batch; return its loss. They are all-reduced only on the batch that steps."""
+    run, accelerator = session.run, session.accelerator
+    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    # Noise and timesteps from (seed, process, batch number): a resumed run draws what the saved one would.
+    number = run.epoch * session.data.batches_per_epoch + run.batches_in_epoch
+    generator = seeded_generator(session.seed, "batch", accelerator.process_index, number)
+    step_module = session.step_module
+    with contextlib.nullcontext() if sync else accelerator.no_sync(step_module):
+        loss = _loss(
+            step_module,
+            batch,
+            session.timesteps,
+            generator,
+            session.architecture,
+            session.plugins,
+            session.options,
+            accelerator,
+        )
+        accelerator.backward(loss / accumulation)
+    return loss.detach().float().item()
+
+
+def _optimizer_step(session: TrainingSession) -> None:
+    """Clip, step the optimizer and the schedule, and count the step."""
+    max_grad_norm = session.core.max_grad_norm
+    if max_grad_norm > 0:
+        session.accelerator.clip_grad_norm_(session.step_module.parameters(), max_grad_norm)
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    session.run.global_step += 1
+
+
+def _record_step(session: TrainingSession, loss: float, progress: Progress) -> None:
+    """Show the step's metrics on the progress bar and tracker, and hand them to plugins and the caller."""
+    run = session.run
+    run.losses.append(loss)
+    metrics = {"loss": loss, "lr": session.scheduler.get_last_lr()[0], "epoch": run.epoch + 1}
+    run.last_metrics = metrics
+    progress.update(metrics)
+    if session.core.logging_dir:
+        session.accelerator.log({"loss/current": loss, "lr/unet": metrics["lr"]}, step=run.global_step)
+    session.plugins.hook.tuner_on_step_end(run=run, step=run.global_step, metrics=metrics)
+    if session.on_step is not None:
+        session.on_step(run)
+
+
+def _after_step(session: TrainingSession) -> None:
+    """The saves and samples due after an optimizer step (not the last)."""
+    run, every = session.run, session.core.save_every_n_steps
+    if every and run.global_step % every == 0:
+        session.saver.save(step=run.global_step, epoch=run.epoch + 1)
+    session.sampling.maybe_sample(run, step=run.global_step, epoch=None)
+
+
+def _after_epoch(session: TrainingSession) -> None:
+    """The saves and samples due after an epoch (not the last: its weights are the final ones)."""
+    run, every = session.run, session.core.save_every_n_epochs
+    if every and run.epoch % every == 0 and run.epoch < session.epochs:
+        session.saver.save(epoch=run.epoch)
+    session.sampling.maybe_sample(run, step=run.global_step, epoch=run.epoch)
+
+
+# -- the end -----------------------------------------------------------------------------------------------
+
+
+def _finish(session: TrainingSession) -> TrainResult:
+    """The final weights (and state), the last samples and the loss plot."""
+    run, core = session.run, session.core
+    final = session.saver.save_final(epoch=min(run.epoch + 1, session.epochs))
+    session.sampling.maybe_sample(run, step=run.global_step, epoch=None, final=True)
     plot = None
-    if accelerator.is_main_process:
+    if session.accelerator.is_main_process:
         from tuner_core.training.loss_plot import write_loss_plot
 
-        plot = write_loss_plot(core.output_dir / f"{core.output_name}_loss.png", counters.losses)
-    accelerator.end_training()
-    return TrainResult(final.weights, final.state, plot, list(sampling.written), counters.global_step, epochs)
+        plot = write_loss_plot(core.output_dir / f"{core.output_name}_loss.png", run.losses)
+    # Not accelerator.end_training(): it destroys the process group while the DDP-wrapped model still
+    # lives, and gloo's teardown then hangs in the reducer's destructor once the model is freed.
+    for tracker in session.accelerator.trackers:
+        tracker.finish()
+    return TrainResult(
+        final.weights, final.state, plot, list(session.sampling.written), run.global_step, session.epochs
+    )
 
 
 def _loss(

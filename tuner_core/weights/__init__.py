@@ -9,6 +9,8 @@ Typical use::
         load_into_model(model, source, device="cuda", dtype=torch.bfloat16)
 """
 
+from tuner_core.atomic import atomic_write
+from tuner_core.cache.store import file_identity
 from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint, shard_files
 from tuner_core.weights.reader import (
     SafetensorsSource,
@@ -30,7 +32,9 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "Transform",
+    "atomic_write",
     "describe_start",
+    "file_identity",
     "load_into_model",
     "load_pt_state_dict",
     "mismatch_error",

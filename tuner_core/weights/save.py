@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from tuner_core.cache.store import FILE_MODE
-
-
-def _atomic_target(path: Path) -> tuple[int, Path]:
-    """A temporary file beside ``path`` (same file system, so the final rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return fd, Path(tmp)
+from tuner_core.atomic import atomic_write
+from tuner_core.cache.store import atomic_write_safetensors
 
 
 def save_safetensors(
@@ -27,32 +18,17 @@ def save_safetensors(
 ) -> Path:
     """Write ``tensors`` as one safetensors file via a temporary file and a rename; return the path."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # No metadata block at all for empty metadata (the cache writer keeps an empty one).
+    atomic_write_safetensors(path, tensors, dict(metadata) if metadata else None)
     return path
 
 
 def save_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON via a temporary file and a rename; return the path."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
     return path
 
 

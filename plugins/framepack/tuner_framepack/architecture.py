@@ -86,7 +86,7 @@ class FramePackArchitecture(Architecture):
         return option_problems(command, self.components(command, options), options)
 
     def cache_identity(self, command: str, options: Any) -> str:
-        from tuner_framepack.components import file_identity
+        from tuner_core.weights import file_identity
 
         if command == "cache-latents":
             return "|".join(

@@ -75,13 +75,11 @@ def load_component(
     if component == "dit":
         from tuner_framepack.dit import load_dit
 
-        attn_mode = getattr(options, "attn_mode", "sdpa")
-        attn_mode = {"torch": "sdpa", "sageattn": "sage"}.get(attn_mode, attn_mode)
         return load_dit(
             _required(options, "dit", "the DiT"),
             device=device,
             dtype=dit_dtype(options),
-            attn_mode=attn_mode,
+            attn_mode=getattr(options, "attn_mode", "sdpa"),  # load_dit accepts every alias
             split_attn=getattr(options, "split_attn", False),
             transform=transform,
         )
@@ -113,12 +111,3 @@ def load_component(
         text_encoder = encoders.load_text_encoder2(path, dtype=dtype, device=device, transform=transform)
         return TextEncoder(tokenizer, text_encoder)
     raise ConfigError(f"FramePack has no component {component!r}")
-
-
-def file_identity(path: Path | None) -> str:
-    """Path, size and mtime of a weights file or of every file of a snapshot directory."""
-    if path is None:
-        return "-"
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return ";".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files if p.exists())

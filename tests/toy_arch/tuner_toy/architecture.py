@@ -19,19 +19,13 @@ from tuner_core import (
     ModelLayout,
     ModelLoadError,
     SampleRequest,
+    shift_sigmas,
 )
-from tuner_core.weights import Transform
+from tuner_core.weights import Transform, file_identity
 from tuner_toy.models import SPATIAL, TEMPORAL, ToyAutoencoder, ToyDenoiser, ToyTextEncoder
 from tuner_toy.options import ToyCacheLatentsOptions, ToyCacheTextOptions, ToyGenerateOptions, ToyTrainOptions
 
 MODEL_CLASSES = {"vae": ToyAutoencoder, "text_encoder": ToyTextEncoder, "dit": ToyDenoiser}
-
-
-def _file_identity(path: Path | None) -> str:
-    if path is None:
-        return "-"
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 class ToyArchitecture(Architecture):
@@ -104,7 +98,7 @@ class ToyArchitecture(Architecture):
 
     def cache_identity(self, command: str, options: Any) -> str:
         component = "vae" if command == "cache-latents" else "text_encoder"
-        return _file_identity(getattr(options, component))
+        return file_identity(getattr(options, component))
 
     # -- caching -----------------------------------------------------------------------------------
 
@@ -223,9 +217,7 @@ class ToyArchitecture(Architecture):
         frames = max(request.frames, 1)
         shape = (1, 8, (frames - 1) // TEMPORAL + 1, request.height // SPATIAL, request.width // SPATIAL)
         x = torch.randn(shape, generator=generator).to(device)
-        shift = 3.0
-        sigmas = torch.linspace(1.0, 0.0, request.steps + 1)
-        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        sigmas = shift_sigmas(torch.linspace(1.0, 0.0, request.steps + 1), 3.0)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             t = torch.full((1,), float(sigma) * 1000, device=device)
             velocity = dit(x, t, text["text"], text["text_mask"], text["pooled"])

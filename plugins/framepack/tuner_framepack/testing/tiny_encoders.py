@@ -23,7 +23,6 @@ The shapes the loaders cannot read off tensors (group-norm groups, head sizes) k
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from tuner_core.weights import save_json, save_safetensors, save_sharded_safetensors
+from tuner_core.weights import atomic_write, save_json, save_safetensors, save_sharded_safetensors
 from tuner_framepack.encoders.clip_text import REAL_CLIP_CONFIG
 from tuner_framepack.encoders.llama import real_llama_config
 from tuner_framepack.encoders.siglip import REAL_SIGLIP_CONFIG
@@ -181,10 +180,8 @@ def save_tiny_vae(target_dir: Path, seed: int = 0) -> TinyVaeFiles:
     save_json({"_class_name": "AutoencoderKLHunyuanVideo", **dict(vae.config)}, folder / "config.json")
     diffusers_file = save_safetensors(tensors, folder / "diffusion_pytorch_model.safetensors")
     original = target_dir / "tencent" / "vae" / "pytorch_model.pt"
-    original.parent.mkdir(parents=True, exist_ok=True)
-    tmp = original.with_name(original.name + ".tmp")  # written whole, then renamed into place
-    torch.save({"state_dict": {f"vae.{k}": v for k, v in tensors.items()}}, tmp)
-    os.replace(tmp, original)
+    with atomic_write(original) as temp:
+        torch.save({"state_dict": {f"vae.{k}": v for k, v in tensors.items()}}, temp)
     # Tencent's folder has a config of its own class; loaders must not mistake it for a diffusers config.
     save_json({"_class_name": "AutoencoderKLCausal3D", "sample_size": 256}, original.parent / "config.json")
     return TinyVaeFiles(diffusers_file=diffusers_file, original_pt=original, snapshot=target_dir / SNAPSHOT)

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tuner_core.weights import save_json
+from tuner_core.weights import atomic_write, save_json
 from tuner_framepack.encoders.prompt_template import DEFAULT_SYSTEM_PROMPT, TEMPLATE_SPECIAL_TOKENS
 
 #: Text the tiny BPEs learn their merges from: the template's system prompt and a few captions.
@@ -65,9 +64,8 @@ def build_tiny_llama_tokenizer(target_dir: Path, vocab_size: int = 320) -> Path:
         pair=f"{BEGIN_OF_TEXT} $A {BEGIN_OF_TEXT} $B",
         special_tokens=[(BEGIN_OF_TEXT, tokenizer.token_to_id(BEGIN_OF_TEXT))],
     )
-    tmp = target_dir / "tokenizer.json.tmp"
-    tokenizer.save(str(tmp))
-    os.replace(tmp, target_dir / "tokenizer.json")
+    with atomic_write(target_dir / "tokenizer.json") as temp:
+        tokenizer.save(str(temp))
     save_json(
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -117,9 +115,8 @@ def build_tiny_clip_tokenizer(target_dir: Path, merges: int = 64) -> Path:
         vocab.setdefault(token, len(vocab))
     save_json(vocab, target_dir / "vocab.json")
     merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in pairs)
-    tmp = target_dir / "merges.txt.tmp"
-    tmp.write_text(merges_text, encoding="utf-8")
-    os.replace(tmp, target_dir / "merges.txt")
+    with atomic_write(target_dir / "merges.txt") as temp:
+        temp.write_text(merges_text, encoding="utf-8")
     specials = {"bos_token": CLIP_START, "eos_token": CLIP_END, "unk_token": CLIP_END, "pad_token": CLIP_END}
     save_json(specials, target_dir / "special_tokens_map.json")
     save_json(
