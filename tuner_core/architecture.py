@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tuner_core.config.train_options import TrainOptions
     from tuner_core.data.items import MediaItem, MediaSample
     from tuner_core.sampling.request import SampleRequest
+    from tuner_core.training.timesteps import NoisyInput
     from tuner_core.weights.stream import Transform
 
 #: The commands an architecture may support, as typed on the command line.
@@ -229,6 +230,11 @@ class Architecture:
         :param timesteps: noise level of each element on the 0-1000 scale, shape ``(B,)``.
         """
         raise self._not_supported("predict")
+
+    def noisy_input(self, batch: Mapping[str, torch.Tensor], noisy: NoisyInput) -> NoisyInput:
+        """The model input of a training step from the core's draw (unchanged by default); an architecture
+        may keep conditioning frames clean or set per-frame timesteps here."""
+        return noisy
 
     def training_target(
         self, batch: Mapping[str, torch.Tensor], latents: torch.Tensor, noise: torch.Tensor

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tuner_core.network import NetworkType
     from tuner_core.sampling.request import SampleRequest
     from tuner_core.training.run import TrainingRun
+    from tuner_core.training.timesteps import NoisyInput
     from tuner_core.weights.stream import Transform
 
 PROJECT = "tuner"
@@ -162,6 +163,19 @@ def tuner_predict(
 
 
 @hookspec(firstresult=True)
+def tuner_noisy_input(
+    architecture: Architecture, batch: Mapping[str, torch.Tensor], noisy: NoisyInput
+) -> NoisyInput | None:
+    """The model input of one training step, from the core's draw of noise and noise levels.
+
+    :param batch: the batch, so an architecture can keep a clean conditioning frame unnoised or give each
+        frame its own timestep.
+    :param noisy: the core's draw: ``sigmas``, ``timesteps``, ``noise`` and ``noisy_latents`` (the mix).
+    :return: the input to predict from (``noisy`` unchanged by default), or ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
 def tuner_training_target(
     architecture: Architecture,
     batch: Mapping[str, torch.Tensor],
@@ -223,6 +237,7 @@ ARCHITECTURE_METHODS = {
     "tuner_encode_latents": "encode_latents",
     "tuner_encode_text": "encode_text",
     "tuner_batch_item": "batch_item",
+    "tuner_noisy_input": "noisy_input",
     "tuner_predict": "predict",
     "tuner_training_target": "training_target",
     "tuner_compute_loss": "compute_loss",

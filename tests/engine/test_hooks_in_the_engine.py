@@ -35,6 +35,10 @@ class Watcher:
         self.seen["batch_item"] += 1
 
     @hookimpl
+    def tuner_noisy_input(self, noisy):
+        self.seen["noisy_input"] += 1
+
+    @hookimpl
     def tuner_predict(self, noisy_latents):
         self.seen["predict"] += 1
 
@@ -67,7 +71,7 @@ def test_hooks_are_called_by_the_engine_through_plugins(toy, tmp_path):
     seen = watcher.seen
     assert seen["encode_latents"] == 6 and seen["encode_text"] == 6
     assert seen["batch_item"] == 4  # 2 steps of batches of 2
-    assert seen["predict"] == seen["training_target"] == seen["compute_loss"] == 2
+    assert seen["noisy_input"] == seen["predict"] == seen["training_target"] == seen["compute_loss"] == 2
     assert seen["load dit"] == 2 and seen["load vae"] == 2 and seen["sample"] == 1
 
 
@@ -83,3 +87,21 @@ def test_a_plugin_can_take_over_the_training_target(toy, tmp_path):
     run("train", {**values, "output_dir": tmp_path / "b"}, make_plugin_manager(plugins=[ZeroTarget()]))
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in "ab")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_plugin_can_keep_a_clean_conditioning_frame(toy, tmp_path):
+    import attrs
+
+    class CleanFirstFrame:
+        @hookimpl
+        def tuner_noisy_input(self, batch, noisy):
+            mixed = noisy.noisy_latents.clone()
+            mixed[:, :, :1] = batch["latents"][:, :, :1].float()  # the first latent frame stays clean
+            return attrs.evolve(noisy, noisy_latents=mixed)
+
+    cache_all(toy)
+    values = train_values(toy, tmp_path / "a", max_train_steps=2)
+    run("train", values)
+    run("train", {**values, "output_dir": tmp_path / "b"}, make_plugin_manager(plugins=[CleanFirstFrame()]))
+    a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in "ab")
+    assert any(not torch.equal(a[k], b[k]) for k in a)

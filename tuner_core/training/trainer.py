@@ -468,7 +468,9 @@ def _loss(
     accelerator: Accelerator,
 ) -> torch.Tensor:
     latents = batch["latents"].float()
-    noisy = timesteps.noisy_input(latents, generator=generator)
+    noisy = plugins.hook.tuner_noisy_input(
+        architecture=architecture, batch=batch, noisy=timesteps.noisy_input(latents, generator=generator)
+    )
     with accelerator.autocast():
         prediction = step_module(batch, noisy.noisy_latents, noisy.timesteps)
     target = plugins.hook.tuner_training_target(
