@@ -89,3 +89,44 @@ def test_a_memory_strategy_rewrites_the_trained_weights_while_they_load(toy, tmp
     )
     assert any(k.startswith("blocks.") for k in strategy.seen) and "x_embedder.weight" in strategy.seen
     assert strategy.applied_to == "ToyDenoiser"
+
+
+def test_a_memory_strategy_acts_around_every_block_forward_and_backward(toy, tmp_path):
+    from tuner_core import MemoryStrategy
+
+    from .helpers import cache_all, run, train_values
+
+    class Recorder(MemoryStrategy):
+        name = "recorder"
+
+        def __init__(self):
+            self.calls = []
+
+        def enabled(self, settings):
+            return settings.training
+
+        def apply(self, model, layout, settings, device):
+            pass
+
+        def before_block(self, index, block, *, backward):
+            self.calls.append(("before", index, backward))
+
+        def after_block(self, index, block, *, backward):
+            self.calls.append(("after", index, backward))
+
+    recorder = Recorder()
+
+    class Register:
+        @hookimpl
+        def tuner_register_memory_strategies(self, register):
+            register(recorder)
+
+    cache_all(toy)
+    run(
+        "train",
+        train_values(toy, tmp_path / "out", max_train_steps=1),
+        make_plugin_manager(plugins=[Register()]),
+    )
+    forward = [("before", 0, False), ("after", 0, False), ("before", 1, False), ("after", 1, False)]
+    backward = [("before", 1, True), ("after", 1, True), ("before", 0, True), ("after", 0, True)]
+    assert recorder.calls == forward + backward  # the toy has 2 blocks; blocks come back in reverse

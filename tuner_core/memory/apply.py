@@ -10,6 +10,7 @@ from torch import nn
 
 from tuner_core.architecture import ModelLayout
 from tuner_core.errors import NotAvailableError
+from tuner_core.memory.blocks import install_block_hooks
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.plugins import Plugins
 from tuner_core.weights.stream import Transform
@@ -53,6 +54,7 @@ def apply_memory_strategies(
     for strategy in enabled:
         strategy.apply(model, layout, settings, device)
         log.info("memory strategy: %s", strategy.name)
+    install_block_hooks(model, layout, enabled)
     return [s.name for s in enabled]
 
 

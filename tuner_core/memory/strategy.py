@@ -31,9 +31,10 @@ class MemorySettings:
 class MemoryStrategy:
     """Base class of a registered memory strategy.
 
-    A strategy may act twice: on each tensor while a checkpoint streams in (:meth:`transform_tensor`,
-    before the model owns it, so a 13B model never sits in memory at full precision), and on the loaded
-    model (:meth:`apply`). Strategies run in ascending ``order``.
+    A strategy may act on each tensor while a checkpoint streams in (:meth:`transform_tensor`, before the
+    model owns it, so a 13B model never sits in memory at full precision), on the loaded model
+    (:meth:`apply`), and around every declared block's forward and backward (:meth:`before_block`,
+    :meth:`after_block`). Strategies run in ascending ``order``.
     """
 
     name: ClassVar[str]
@@ -49,6 +50,20 @@ class MemoryStrategy:
     ) -> Mapping[str, torch.Tensor]:
         """Rewrite one loaded tensor; may return extra entries (for example a scale). Identity by default."""
         return {key: tensor}
+
+    def before_block(self, index: int, block: nn.Module, *, backward: bool) -> None:
+        """Called before declared block ``index`` runs its forward, or its backward (``backward=True``).
+
+        Block swap waits here until the block's weights have arrived. Only strategies that override this
+        (or :meth:`after_block`) get hooks on the blocks. With gradient checkpointing a block's forward
+        runs again inside its backward, so the forward calls come twice.
+        """
+
+    def after_block(self, index: int, block: nn.Module, *, backward: bool) -> None:
+        """Called after declared block ``index`` ran its forward, or its backward (``backward=True``).
+
+        Block swap starts moving the next block's weights here.
+        """
 
     def apply(
         self, model: nn.Module, layout: ModelLayout, settings: MemorySettings, device: torch.device
