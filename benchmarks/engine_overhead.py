@@ -31,7 +31,7 @@ from tuner_core.config.train_options import TrainOptions
 from tuner_core.options import CommandOptions, build_options
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
-    EpochBatchSampler,
+    EpochBatches,
     find_cached_items,
     stack_batch,
 )
@@ -117,7 +117,7 @@ def loading_throughput(dataset, plugins, arch, epochs: int = 20) -> tuple[float,
     config = load_dataset_config(dataset, arch.dataset_options)
     items = find_cached_items(config, arch, None)
     data = CachedItemsDataset(items, arch, plugins)
-    sampler = EpochBatchSampler(items, [2], [1], seed=0)
+    sampler = EpochBatches(items, [2], [1], seed=0)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=stack_batch, num_workers=0)
     count, nbytes = 0, 0
     start = time.perf_counter()

@@ -15,8 +15,8 @@ from tuner_core import atomic
 from tuner_core.atomic import FILE_MODE, TEMP_SUFFIX, atomic_write, temp_path
 from tuner_core.cache.store import atomic_write_safetensors, remove_temp_files
 from tuner_core.media.write import write_image, write_sample, write_video
-from tuner_core.training.checkpoints import save_weights
 from tuner_core.training.loss_plot import write_loss_plot
+from tuner_core.training.saved_files import save_weights
 from tuner_core.weights import save_json, save_safetensors, save_sharded_safetensors
 
 

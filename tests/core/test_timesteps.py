@@ -13,7 +13,7 @@ from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError
 from tuner_core.training.timesteps import (
     NUM_TRAIN_TIMESTEPS,
-    TimestepSampler,
+    NoiseLevels,
     density_samples,
     flux_shift_for_tokens,
     shift_sigmas,
@@ -26,7 +26,7 @@ SHAPE = (N, 4, 16, 16)  # 64 tokens after 2x2 patching
 
 
 def draw(seed: int = 0, shape: tuple[int, ...] = SHAPE, **kwargs: object) -> torch.Tensor:
-    sampler = TimestepSampler(**kwargs)
+    sampler = NoiseLevels(**kwargs)
     return sampler.sample_sigmas(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -83,7 +83,7 @@ def test_shift_mode_quantiles() -> None:
 def test_flux_shift_uses_tokens_after_patching() -> None:
     # 32x32 latent with a 2x2 patch = 256 tokens -> shift e^0.5; with a 1x1 patch = 1024 tokens.
     for patch, tokens in (((2, 2), 256), ((1, 1), 1024)):
-        sampler = TimestepSampler(timestep_sampling="flux_shift", patch_size=patch)
+        sampler = NoiseLevels(timestep_sampling="flux_shift", patch_size=patch)
         s = flux_shift_for_tokens(tokens)
         assert sampler.shift_for((1, 16, 32, 32)) == pytest.approx(s)
         sigmas = sampler.sample_sigmas((N, 16, 32, 32), generator=torch.Generator().manual_seed(1))
@@ -93,7 +93,7 @@ def test_flux_shift_uses_tokens_after_patching() -> None:
 
 def test_flux_shift_ignores_discrete_flow_shift_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        TimestepSampler(timestep_sampling="flux_shift", discrete_flow_shift=3.0)
+        NoiseLevels(timestep_sampling="flux_shift", discrete_flow_shift=3.0)
     assert "--discrete_flow_shift 3 is ignored" in caplog.text
     a = draw(timestep_sampling="flux_shift", discrete_flow_shift=3.0)
     b = draw(timestep_sampling="flux_shift")
@@ -189,7 +189,7 @@ def test_sigma_mode_window_rejection() -> None:
 
 
 def test_rejection_that_cannot_fill_the_batch_is_a_config_error() -> None:
-    sampler = TimestepSampler(
+    sampler = NoiseLevels(
         timestep_sampling="sigmoid",
         sigmoid_scale=0.01,  # t stays within a hair of 0.5
         min_timestep=0,
@@ -209,7 +209,7 @@ def test_deterministic_given_a_generator() -> None:
 
 
 def test_noisy_input_mixes_and_feeds_sigma_times_1000() -> None:
-    sampler = TimestepSampler(timestep_sampling="shift", discrete_flow_shift=3.0)
+    sampler = NoiseLevels(timestep_sampling="shift", discrete_flow_shift=3.0)
     latents = torch.randn(3, 4, 2, 5, 6)
     out = sampler.noisy_input(latents, generator=torch.Generator().manual_seed(4))
     again = sampler.noisy_input(latents, generator=torch.Generator().manual_seed(4))
@@ -234,7 +234,7 @@ def test_from_options_reads_the_train_option_names() -> None:
         max_timestep=900,
         preserve_distribution_shape=True,
     )
-    sampler = TimestepSampler.from_options(options, patch_size=(1, 2))
+    sampler = NoiseLevels.from_options(options, patch_size=(1, 2))
     assert sampler.timestep_sampling == "logsnr" and sampler.timestep_window == (10.0, 900.0)
     assert sampler.logit_mean == 0.5 and sampler.discrete_flow_shift == 2.0
     assert sampler.patch_size == (1, 2) and sampler.preserve_distribution_shape
@@ -256,7 +256,7 @@ def test_from_options_reads_the_train_option_names() -> None:
 )
 def test_bad_settings_are_config_errors(kwargs: dict[str, object], option: str) -> None:
     with pytest.raises(ConfigError, match=option):
-        TimestepSampler(**kwargs)
+        NoiseLevels(**kwargs)
 
 
 def test_density_samples_uniform_by_default() -> None:

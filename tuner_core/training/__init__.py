@@ -1,1 +1,1 @@
-"""The training engine: timesteps, loss, optimizers, schedulers, checkpoints and the loop."""
+"""The training engine: noise levels, loss, optimizers, schedules, saved files and the loop."""

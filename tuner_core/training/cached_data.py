@@ -105,7 +105,7 @@ def stack_batch(elements: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.
     return {key: torch.stack([e[key] for e in elements]) for key in elements[0]}
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+class EpochBatches(Sampler[list[int]]):
     """Yields this process's batches of item indices for the current epoch.
 
     Items of one dataset with equal tensor shapes form a group; each group is repeated ``num_repeats``

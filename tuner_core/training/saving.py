@@ -17,7 +17,7 @@ from accelerate.utils import DistributedType
 
 from tuner_core.errors import ConfigError
 from tuner_core.plugins import Plugins
-from tuner_core.training import checkpoints
+from tuner_core.training import saved_files
 from tuner_core.training.metadata import model_hashes, progress_metadata
 from tuner_core.training.model_setup import PreparedModel
 from tuner_core.training.resume import (
@@ -111,7 +111,7 @@ class Saver:
         meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
         if self.prepared.network_type is not None and not self.core.no_metadata:
             meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
-        checkpoints.save_weights(path, tensors, meta, self.core.save_precision)
+        saved_files.save_weights(path, tensors, meta, self.core.save_precision)
         self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")
         log.info("saved %s", path)
         return path
@@ -131,7 +131,7 @@ class Saver:
                 network_dim=self.prepared.network_dim,
             )
             write_run_settings(temp, {**settings, SEED_KEY: self.seed})
-            checkpoints.commit_directory(temp, final)
+            saved_files.commit_directory(temp, final)
             self.plugins.hook.tuner_on_save(run=self.run, path=final, kind="state")
             log.info("saved state %s", final)
         self.accelerator.wait_for_everyone()
@@ -143,13 +143,13 @@ class Saver:
         by_step = step is not None
         names = {"step": step} if by_step else {"epoch": epoch}
         self._weights(
-            checkpoints.weights_name(core.output_name, **names),
+            saved_files.weights_name(core.output_name, **names),
             epoch=epoch,
             steps=self.run.global_step,
             finished=False,
         )
         if core.save_state:
-            self._state(checkpoints.state_name(core.output_name, **names))
+            self._state(saved_files.state_name(core.output_name, **names))
         if self.accelerator.is_main_process:
             kind = "step" if by_step else "epoch"
             keep = core.save_last_n_steps if by_step else core.save_last_n_epochs
@@ -158,8 +158,8 @@ class Saver:
                 keep = max(keep // core.save_every_n_steps, 1)
             if by_step and keep_state and core.save_every_n_steps:
                 keep_state = max(keep_state // core.save_every_n_steps, 1)
-            checkpoints.prune(core.output_dir, core.output_name, kind=kind, keep=keep, state=False)
-            checkpoints.prune(
+            saved_files.prune(core.output_dir, core.output_name, kind=kind, keep=keep, state=False)
+            saved_files.prune(
                 core.output_dir, core.output_name, kind=kind, keep=keep_state or keep, state=True
             )
 
@@ -167,9 +167,9 @@ class Saver:
         """The final weights (and state, with ``--save_state`` or ``--save_state_on_train_end``)."""
         core = self.core
         weights = self._weights(
-            checkpoints.weights_name(core.output_name), epoch=epoch, steps=self.run.global_step, finished=True
+            saved_files.weights_name(core.output_name), epoch=epoch, steps=self.run.global_step, finished=True
         )
         state = None
         if core.save_state or core.save_state_on_train_end:
-            state = self._state(checkpoints.state_name(core.output_name))
+            state = self._state(saved_files.state_name(core.output_name))
         return Saved(weights, state)

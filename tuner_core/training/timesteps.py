@@ -132,7 +132,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 @attrs.frozen(kw_only=True)
-class TimestepSampler:
+class NoiseLevels:
     """Draws flow-matching noise levels for training batches; built once per run (see the module docstring).
 
     Field names are the ``tuner train`` option names. ``patch_size`` is the architecture's spatial patch
@@ -191,7 +191,7 @@ class TimestepSampler:
             )
 
     @classmethod
-    def from_options(cls, options: Any, *, patch_size: tuple[int, int] = (2, 2)) -> TimestepSampler:
+    def from_options(cls, options: Any, *, patch_size: tuple[int, int] = (2, 2)) -> NoiseLevels:
         """Build from validated ``TrainOptions`` (or anything with the same attribute names)."""
         names = [f.name for f in attrs.fields(cls) if f.name != "patch_size"]
         return cls(**{name: getattr(options, name) for name in names}, patch_size=tuple(patch_size))

@@ -35,7 +35,7 @@ from tuner_core.plugins import Plugins
 from tuner_core.seeds import derive_seed, random_seed, seeded_generator
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
-    EpochBatchSampler,
+    EpochBatches,
     batch_settings,
     data_loader_workers,
     find_cached_items,
@@ -48,9 +48,9 @@ from tuner_core.training.optimizers import BuiltOptimizer, build_optimizer
 from tuner_core.training.progress import Progress
 from tuner_core.training.resume import mismatch_error, saved_seed
 from tuner_core.training.run import TrainingRun
-from tuner_core.training.sampling import TrainingSampler
+from tuner_core.training.samples import TrainingSamples
 from tuner_core.training.saving import Saver, register_state_hooks
-from tuner_core.training.timesteps import TimestepSampler
+from tuner_core.training.timesteps import NoiseLevels
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class TrainingData:
 
     config: Any
     items: list[Any]
-    sampler: EpochBatchSampler
+    sampler: EpochBatches
     loader: DataLoader
     batches_per_epoch: int
 
@@ -92,10 +92,10 @@ class TrainingSession:
     step_module: torch.nn.Module
     optimizer: Any
     scheduler: Any
-    timesteps: TimestepSampler
+    timesteps: NoiseLevels
     run: TrainingRun
     saver: Saver
-    sampling: TrainingSampler
+    sampling: TrainingSamples
     on_step: Callable[[TrainingRun], None] | None = None
 
     @property
@@ -181,10 +181,10 @@ def _setup(
         step_module=step_module,
         optimizer=optimizer,
         scheduler=scheduler,
-        timesteps=TimestepSampler.from_options(core),
+        timesteps=NoiseLevels.from_options(core),
         run=run,
         saver=Saver(accelerator, step_module, prepared, core, metadata, plugins, run, seed),
-        sampling=TrainingSampler.create(options, architecture, plugins, accelerator, prepared),
+        sampling=TrainingSamples.create(options, architecture, plugins, accelerator, prepared),
         on_step=on_step,
     )
     if core.logging_dir:
@@ -211,7 +211,7 @@ def _data(
     config = load_dataset_config(core.dataset_config, architecture.dataset_options)
     items = find_cached_items(config, architecture, options)
     batch_sizes, repeats = batch_settings(config)
-    sampler = EpochBatchSampler(
+    sampler = EpochBatches(
         items,
         batch_sizes,
         repeats,
@@ -460,7 +460,7 @@ def _finish(session: TrainingSession) -> TrainResult:
 def _loss(
     step_module: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    timesteps: TimestepSampler,
+    timesteps: NoiseLevels,
     generator: torch.Generator,
     architecture: Architecture,
     plugins: Plugins,

@@ -28,7 +28,7 @@ from tuner_core.training.run import TrainingRun
 log = logging.getLogger(__name__)
 
 
-class TrainingSampler:
+class TrainingSamples:
     """Decides when to sample, generates, and writes the files under ``output_dir/sample``."""
 
     def __init__(
@@ -56,7 +56,7 @@ class TrainingSampler:
         plugins: Plugins,
         accelerator: Accelerator,
         prepared: PreparedModel,
-    ) -> TrainingSampler:
+    ) -> TrainingSamples:
         """Read the prompt file (pre-flight has checked that the architecture can sample with it)."""
         core = options.core
         requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
