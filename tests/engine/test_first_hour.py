@@ -231,6 +231,24 @@ def test_epochs_and_steps_together_say_which_wins(toy, tmp_path, caplog):
     assert "--max_train_epochs 1 sets the length, 3 steps (--max_train_steps is not used)" in caplog.text
 
 
+def test_sampling_warns_only_when_there_are_no_prompts(toy, tmp_path, caplog):
+    cache_all(toy)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square --w 32 --h 32 --f 5 --s 2 --d 1\n")
+    sampling = {
+        "max_train_steps": 2,
+        "sample_every_n_steps": 2,
+        "vae": toy.vae,
+        "text_encoder": toy.text_encoder,
+    }
+    with caplog.at_level(logging.WARNING):
+        result = run("train", train_values(toy, tmp_path / "a", sample_prompts=prompts, **sampling))
+    assert result.outputs["samples"] and "no samples will be made" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        run("train", train_values(toy, tmp_path / "b", **sampling))
+    assert "--sample_prompts is not given; no samples will be made" in caplog.text
+
+
 def test_misspelled_plugin_filter_warns_and_lists_what_is_installed(monkeypatch, caplog):
     from tuner_core import make_plugin_manager
 

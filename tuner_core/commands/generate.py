@@ -150,7 +150,6 @@ def run_generate(
     # A single frame goes into an image directory too, as --output_type images would write it.
     images = options.output_type == "images" or video.shape[1] == 1
     written = write_sample(video, options.save_path, stem, options.fps, images=images)
-    log.info("seed %d", seed)
     return CommandResult(
         "generate", {"video" if options.output_type == "video" else "images": written}, {"seed": seed}
     )

@@ -60,7 +60,8 @@ class TrainingSamples:
         """Read the prompt file (pre-flight has checked that the architecture can sample with it)."""
         core = options.core
         requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
-        if core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first:
+        asked = core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first
+        if asked and not requests:
             log.warning("sampling was asked for but --sample_prompts is not given; no samples will be made")
         return cls(options, architecture, plugins, accelerator, prepared, requests)
 
