@@ -22,6 +22,7 @@ from tuner_core.commands.generate import network_file_problems
 from tuner_core.config.dataset import load_dataset_config
 from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
+from tuner_core.network import NetworkType
 from tuner_core.options import CommandOptions, meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
@@ -190,18 +191,7 @@ def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins
     )
     problems.collect(lambda: check_lr_options(core, None if core.max_train_epochs else core.max_train_steps))
     if core.resume is not None and core.resume.exists():
-        expected = run_settings(
-            architecture.name,
-            core,
-            network_type=network.name if network else None,
-            network_dim=(core.network_dim or DEFAULT_NETWORK_DIM) if core.network_module else None,
-        )
-        if core.dim_from_weights or (core.network_module is not None and network is None):
-            expected.pop("network_dim")
-        if core.network_module is not None and network is None:  # reported above; compare the rest
-            for key in ("network_type", "network_alpha"):
-                expected.pop(key)
-        for message in resume_problems(core.resume, expected):
+        for message in _resume(core, architecture, network):
             problems.add(message)
     if core.sample_prompts is not None and core.sample_prompts.is_file():
         requests = problems.collect(lambda: read_prompt_file(core.sample_prompts))
@@ -213,6 +203,23 @@ def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins
             )
         elif requests:
             problems.collect(lambda: architecture.sample_components(options))
+
+
+def _resume(core: Any, architecture: Architecture, network: NetworkType | None) -> list[str]:
+    """What keeps ``--resume`` from continuing the state with these options."""
+    unknown_network = core.network_module is not None and network is None  # reported on its own
+    expected = run_settings(
+        architecture.name,
+        core,
+        network_type=network.name if network else None,
+        network_dim=(core.network_dim or DEFAULT_NETWORK_DIM) if core.network_module else None,
+    )
+    if core.dim_from_weights or unknown_network:
+        expected.pop("network_dim")
+    if unknown_network:
+        for key in ("network_type", "network_alpha"):
+            expected.pop(key)
+    return resume_problems(core.resume, expected)
 
 
 def _generate(
