@@ -13,6 +13,8 @@ from torch import nn
 
 from tuner_core.architecture import Architecture
 from tuner_core.components import Components
+from tuner_core.config.generate_options import GenerateOptions
+from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
 from tuner_core.memory.strategy import MemorySettings
@@ -87,15 +89,23 @@ class PreparedModel:
     memory_strategies: list[str]
 
 
-def memory_settings(options: Any, *, training: bool) -> MemorySettings:
-    """The memory options of a command as strategies read them."""
-    return MemorySettings(
-        fp8_base=getattr(options, "fp8_base", False) or getattr(options, "fp8", False),
-        fp8_scaled=getattr(options, "fp8_scaled", False),
-        blocks_to_swap=getattr(options, "blocks_to_swap", 0) or 0,
-        gradient_checkpointing=getattr(options, "gradient_checkpointing", False),
-        gradient_checkpointing_cpu_offload=getattr(options, "gradient_checkpointing_cpu_offload", False),
-        use_pinned_memory_for_block_swap=getattr(options, "use_pinned_memory_for_block_swap", False),
+def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) -> MemorySettings:
+    """The memory options of ``tuner train`` or ``tuner generate`` as strategies read them."""
+    if isinstance(options, TrainOptions):
+        return MemorySettings(
+            fp8_base=options.fp8_base,
+            fp8_scaled=options.fp8_scaled,
+            blocks_to_swap=options.blocks_to_swap,
+            gradient_checkpointing=options.gradient_checkpointing,
+            gradient_checkpointing_cpu_offload=options.gradient_checkpointing_cpu_offload,
+            use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
+            training=training,
+        )
+    return MemorySettings(  # generate calls train's --fp8_base --fp8 and keeps no activations
+        fp8_base=options.fp8,
+        fp8_scaled=options.fp8_scaled,
+        blocks_to_swap=options.blocks_to_swap,
+        use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
         training=training,
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import torch
 
-from tuner_core import ConfigError
+from tuner_core import ConfigError, TrainOptions
 from tuner_core.weights import Transform
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _encoder_dtype(device: torch.device) -> torch.dtype:
 
 def dit_dtype(options: Any) -> torch.dtype | None:
     """bf16 / fp16 weights under that mixed precision (the reference trains the DiT in bf16); else fp32."""
-    precision = getattr(options, "mixed_precision", "no")
+    precision = options.core.mixed_precision if isinstance(options.core, TrainOptions) else "no"
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
@@ -79,8 +79,8 @@ def load_component(
             _required(options, "dit", "the DiT"),
             device=device,
             dtype=dit_dtype(options),
-            attn_mode=getattr(options, "attn_mode", "sdpa"),  # load_dit accepts every alias
-            split_attn=getattr(options, "split_attn", False),
+            attn_mode=options.core.attn_mode,  # load_dit accepts every alias
+            split_attn=options.core.split_attn,
             transform=transform,
         )
     dtype = _encoder_dtype(device)
