@@ -249,6 +249,13 @@ def test_sampling_warns_only_when_there_are_no_prompts(toy, tmp_path, caplog):
     assert "--sample_prompts is not given; no samples will be made" in caplog.text
 
 
+def test_an_ignored_schedule_option_is_said_once(toy, tmp_path, caplog):
+    cache_all(toy)
+    with caplog.at_level(logging.WARNING):
+        run("train", train_values(toy, tmp_path / "out", max_train_steps=1, lr_scheduler_min_lr_ratio=0.1))
+    assert caplog.text.count("--lr_scheduler_min_lr_ratio is ignored") == 1
+
+
 def test_misspelled_plugin_filter_warns_and_lists_what_is_installed(monkeypatch, caplog):
     from tuner_core import make_plugin_manager
 

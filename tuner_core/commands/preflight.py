@@ -9,6 +9,7 @@ limits), asks the architecture for its own checks, and raises one :class:`Config
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,10 +27,12 @@ from tuner_core.network import NetworkType
 from tuner_core.options import CommandOptions, meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.prompts import read_prompt_file
-from tuner_core.training.lr_schedulers import check_lr_options
+from tuner_core.training.lr_schedulers import check_lr_options, ignored_lr_options
 from tuner_core.training.model_setup import DEFAULT_NETWORK_DIM, memory_settings
 from tuner_core.training.optimizers import check_optimizer_options
 from tuner_core.training.resume import resume_problems, run_settings
+
+log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -190,6 +193,8 @@ def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins
         lambda: check_optimizer_options(core.optimizer_type, core.learning_rate, core.optimizer_args)
     )
     problems.collect(lambda: check_lr_options(core, None if core.max_train_epochs else core.max_train_steps))
+    for message in ignored_lr_options(core):
+        log.warning("%s", message)
     if core.resume is not None and core.resume.exists():
         for message in _resume(core, architecture, network):
             problems.add(message)

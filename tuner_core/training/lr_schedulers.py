@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import attrs
 import torch
@@ -152,10 +153,6 @@ def build_lr_curve(
     min_lr_ratio = 0.0 if lr_scheduler_min_lr_ratio is None else float(lr_scheduler_min_lr_ratio)
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError(f"--lr_scheduler_min_lr_ratio must be within 0..1, got {min_lr_ratio}")
-    if lr_scheduler_min_lr_ratio is not None and lr_scheduler not in DECAYING_SCHEDULERS:
-        logger.warning(
-            "--lr_scheduler_min_lr_ratio is ignored: --lr_scheduler %s does not decay", lr_scheduler
-        )
     return LrCurve(
         name=lr_scheduler,
         total_steps=int(num_training_steps),
@@ -172,19 +169,44 @@ def build_lr_curve(
 _UNKNOWN_STEPS = 10**9
 
 
+def _schedule_options(options: TrainOptions) -> dict[str, Any]:
+    """The ``--lr_*`` options as :func:`build_lr_curve` takes them."""
+    return {
+        "lr_scheduler": options.lr_scheduler,
+        "lr_warmup_steps": options.lr_warmup_steps,
+        "lr_decay_steps": options.lr_decay_steps,
+        "lr_scheduler_num_cycles": options.lr_scheduler_num_cycles,
+        "lr_scheduler_power": options.lr_scheduler_power,
+        "lr_scheduler_min_lr_ratio": options.lr_scheduler_min_lr_ratio,
+    }
+
+
 def check_lr_options(options: TrainOptions, total_steps: int | None) -> None:
     """Check the schedule options of a run of ``total_steps`` steps (``None``: not known yet).
 
     :raises ConfigError: naming the option that cannot apply.
     """
-    build_lr_curve(
-        lr_scheduler=options.lr_scheduler,
-        num_training_steps=total_steps or _UNKNOWN_STEPS,
-        lr_warmup_steps=options.lr_warmup_steps,
-        lr_decay_steps=options.lr_decay_steps,
-        lr_scheduler_num_cycles=options.lr_scheduler_num_cycles,
-        lr_scheduler_power=options.lr_scheduler_power,
-        lr_scheduler_min_lr_ratio=options.lr_scheduler_min_lr_ratio,
+    build_lr_curve(num_training_steps=total_steps or _UNKNOWN_STEPS, **_schedule_options(options))
+
+
+def ignored_lr_options(options: TrainOptions) -> list[str]:
+    """Schedule options that take no effect with the others given (said once, in pre-flight)."""
+    if options.lr_scheduler_min_lr_ratio is not None and options.lr_scheduler not in DECAYING_SCHEDULERS:
+        return [
+            f"--lr_scheduler_min_lr_ratio is ignored: --lr_scheduler {options.lr_scheduler} does not decay"
+        ]
+    return []
+
+
+def lr_scheduler_for(
+    optimizer: torch.optim.Optimizer, options: TrainOptions, total_steps: int
+) -> LRScheduler:
+    """:func:`build_lr_scheduler` with a run's ``--lr_*`` options over ``total_steps`` steps."""
+    return build_lr_scheduler(
+        optimizer,
+        num_training_steps=total_steps,
+        learning_rate=options.learning_rate,
+        **_schedule_options(options),
     )
 
 

@@ -41,7 +41,7 @@ from tuner_core.training.cached_data import (
     find_cached_items,
     stack_batch,
 )
-from tuner_core.training.lr_schedulers import build_lr_scheduler, check_lr_options
+from tuner_core.training.lr_schedulers import check_lr_options, lr_scheduler_for
 from tuner_core.training.metadata import training_metadata
 from tuner_core.training.model_setup import PreparedModel, prepare_model
 from tuner_core.training.optimizers import BuiltOptimizer, build_optimizer
@@ -263,17 +263,7 @@ def _optimizer_and_schedule(
         learning_rate=core.learning_rate,
         optimizer_args=core.optimizer_args,
     )
-    scheduler = build_lr_scheduler(
-        built.optimizer,
-        lr_scheduler=core.lr_scheduler,
-        num_training_steps=total_steps,
-        lr_warmup_steps=core.lr_warmup_steps,
-        lr_decay_steps=core.lr_decay_steps,
-        lr_scheduler_num_cycles=core.lr_scheduler_num_cycles,
-        lr_scheduler_power=core.lr_scheduler_power,
-        lr_scheduler_min_lr_ratio=core.lr_scheduler_min_lr_ratio,
-        learning_rate=core.learning_rate,
-    )
+    scheduler = lr_scheduler_for(built.optimizer, core, total_steps)
     return built, scheduler
 
 
