@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 from tuner_core import make_plugin_manager
+from tuner_core.commands import options_class
 from tuner_core.commands.cache_latents import cache_latents
 from tuner_core.commands.cache_text import cache_text
-from tuner_core.config.cache_options import CacheLatentsOptions, CacheTextOptions
 from tuner_core.config.dataset import load_dataset_config
-from tuner_core.config.train_options import TrainOptions
-from tuner_core.options import CommandOptions, build_options
+from tuner_core.options import build_options
 from tuner_core.training.cached_data import (
     CachedItemsDataset,
     EpochBatches,
@@ -47,14 +46,12 @@ def prepare(root: Path, dim: int, depth: int):
     plugins = make_plugin_manager()
     arch = plugins.architecture("toy")
     cache_latents(
-        build_options(CacheLatentsOptions, {"dataset_config": dataset}),
-        ToyCacheLatentsOptions(vae=files.vae),
+        build_options(ToyCacheLatentsOptions, {"dataset_config": dataset, "vae": files.vae}),
         architecture=arch,
         plugins=plugins,
     )
     cache_text(
-        build_options(CacheTextOptions, {"dataset_config": dataset}),
-        ToyCacheTextOptions(text_encoder=files.text_encoder),
+        build_options(ToyCacheTextOptions, {"dataset_config": dataset, "text_encoder": files.text_encoder}),
         architecture=arch,
         plugins=plugins,
     )
@@ -63,8 +60,9 @@ def prepare(root: Path, dim: int, depth: int):
 
 def engine_step_times(dataset, files, plugins, arch, out: Path, steps: int) -> list[float]:
     options = build_options(
-        TrainOptions,
+        options_class("train", arch, plugins.memory_strategies()),  # with any installed strategy's options
         {
+            "dit": files.dit,
             "dataset_config": dataset,
             "output_dir": out,
             "max_train_steps": steps,
@@ -76,7 +74,7 @@ def engine_step_times(dataset, files, plugins, arch, out: Path, steps: int) -> l
     )
     stamps: list[float] = []
     train(
-        CommandOptions(options, ToyTrainOptions(dit=files.dit)),
+        options,
         architecture=arch,
         plugins=plugins,
         on_step=lambda run: stamps.append(time.perf_counter()),
@@ -90,7 +88,9 @@ def bare_step_times(dataset, files, plugins, arch, steps: int) -> list[float]:
     data = CachedItemsDataset(items, arch, plugins)
     batches = [stack_batch([data[i], data[i + 1]]) for i in range(0, len(items) - 1, 2)]
     model = arch.load_component(
-        "dit", CommandOptions(None, ToyTrainOptions(dit=files.dit)), torch.device("cpu")
+        "dit",
+        build_options(ToyTrainOptions, {"dit": files.dit, "dataset_config": dataset, "output_dir": "."}),
+        torch.device("cpu"),
     )
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

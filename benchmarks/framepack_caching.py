@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from tuner_cli.parser import build_command_options
-from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.commands.run import run_command
 from tuner_core.media.write import write_video
 from tuner_core.plugins import make_plugin_manager
@@ -36,13 +35,11 @@ def run_once(values: dict, cache: Path) -> tuple[float, int, int]:
     """(seconds of a plain run, peak bytes of a profiled run, sections written)."""
     plugins = make_plugin_manager()
     arch = plugins.architecture("framepack")
-    core, own = build_command_options(
-        "cache-latents", COMMAND_OPTIONS["cache-latents"], arch, values, {}, None
-    )
+    options = build_command_options("cache-latents", arch, values, {}, None)
 
     def command():
         shutil.rmtree(cache, ignore_errors=True)
-        return run_command("cache-latents", core, own, architecture=arch, plugins=plugins)
+        return run_command("cache-latents", options, architecture=arch, plugins=plugins)
 
     start = time.perf_counter()
     command()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from tuner_cli import parser as options_parser
 from tuner_core.architecture import COMMANDS
-from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.commands.run import run_command
 from tuner_core.plugins import Plugins
 
@@ -22,10 +21,10 @@ def run_demo(plugins: Plugins, output_dir: Path | None, arch_name: str = "toy") 
     outputs: dict[str, list[Path]] = {}
     for command in COMMANDS:
         print(f"\n== tuner {command}")
-        core, own = options_parser.build_command_options(
-            command, COMMAND_OPTIONS[command], architecture, dict(plan[command]), {}, None
+        options = options_parser.build_command_options(
+            command, architecture, dict(plan[command]), {}, None, plugins.memory_strategies()
         )
-        result = run_command(command, core, own, architecture=architecture, plugins=plugins)
+        result = run_command(command, options, architecture=architecture, plugins=plugins)
         for line in result.summary():
             print(line)
         for kind, paths in result.outputs.items():

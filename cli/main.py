@@ -17,10 +17,12 @@ from typing import Any, NoReturn
 from tuner_cli import parser as options_parser
 from tuner_cli.show_plugins import format_plugins
 from tuner_core.architecture import Architecture
-from tuner_core.commands import COMMAND_OPTIONS
+from tuner_core.commands import COMMAND_OPTIONS, options_class, own_option_names
 from tuner_core.errors import ConfigError, TunerError
 from tuner_core.logging_setup import configure_logging
 from tuner_core.memory.apply import unavailable_memory_options
+from tuner_core.memory.strategy_options import strategy_mixins
+from tuner_core.options import option_fields
 from tuner_core.plugins import ENTRY_POINT_GROUP, Plugins, make_plugin_manager
 
 log = logging.getLogger("tuner")
@@ -98,10 +100,16 @@ def _command_parser(command: str, plugins: Plugins, arch_name: str | None) -> Co
     defaults = architecture.option_defaults.get(command, {}) if architecture else {}
     options_parser.add_options(p, core, defaults=defaults, notes=_help_notes(command, plugins, architecture))
     if architecture is not None:
-        arch_cls = architecture.options.get(command)
-        options_parser.check_conflicts(core, arch_cls, architecture.name)
-        if arch_cls is not None:
-            options_parser.add_options(p, arch_cls, title=f"{architecture.name} options")
+        arch_cls = options_class(command, architecture)
+        own = own_option_names(arch_cls, core)
+        if own:
+            options_parser.add_options(p, arch_cls, title=f"{architecture.name} options", only=own)
+    # Every installed strategy's options, each under its own heading: any of them may be asked for.
+    strategies = plugins.memory_strategies()
+    cls = options_class(command, architecture, strategies)  # refuses a strategy option with a taken name
+    for strategy, mixin in strategy_mixins(command, strategies):
+        title = f"memory options (from {strategy.name})"
+        options_parser.add_options(p, cls, title=title, only={f.name for f in option_fields(mixin)})
     return p
 
 
@@ -152,25 +160,25 @@ def run_architecture_command(command: str, argv: Sequence[str], plugins: Plugins
     namespace = parser.parse_command(argv)
     typed = {k: v for k, v in vars(namespace).items() if k not in ("arch", "config_file")}
     architecture = plugins.architecture(arch_name)
-    core_options, arch_options = options_parser.build_command_options(
-        command, COMMAND_OPTIONS[command], architecture, typed, file_raw, str(known.config_file)
+    options = options_parser.build_command_options(
+        command, architecture, typed, file_raw, str(known.config_file), plugins.memory_strategies()
     )
     from tuner_core.commands.run import run_command
 
-    result = run_command(command, core_options, arch_options, architecture=architecture, plugins=plugins)
+    result = run_command(command, options, architecture=architecture, plugins=plugins)
     for line in result.summary():
         print(line)
     return 0
 
 
 def _all_option_names(command: str, plugins: Plugins) -> list[str]:
-    from tuner_core.options import option_fields
-
+    """Every option name ``command`` may take under some architecture (a config file is read before the
+    architecture is known); whether a name clashes is for :func:`options_class` to say once it is."""
     names = [f.name for f in option_fields(COMMAND_OPTIONS[command])]
     for arch in plugins.architectures():
-        cls = arch.options.get(command)
-        if cls is not None:
-            names += [f.name for f in option_fields(cls)]
+        names += [f.name for f in option_fields(options_class(command, arch))]
+    for _, mixin in strategy_mixins(command, plugins.memory_strategies()):
+        names += [f.name for f in option_fields(mixin)]
     return names
 
 

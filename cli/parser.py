@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from tuner_core.architecture import Architecture
-from tuner_core.errors import ConfigError, PluginError
+from tuner_core.commands import options_class
+from tuner_core.errors import ConfigError
+from tuner_core.memory.strategy import MemoryStrategy
 from tuner_core.options import (
     build_options,
     check_value,
@@ -64,15 +66,19 @@ def add_options(
     title: str | None = None,
     defaults: Mapping[str, Any] | None = None,
     notes: Mapping[str, str] | None = None,
+    only: set[str] | None = None,
 ) -> None:
     """Add one argparse option per option field of ``cls``, grouped by the fields' ``group``.
 
     :param defaults: defaults an architecture gives to these options (shown in the help).
     :param notes: a sentence to add to an option's help, by option name (what is installed, what is not).
+    :param only: add just these options (an architecture's own, without the core's it inherits).
     """
     defaults, notes = defaults or {}, notes or {}
     groups: dict[str | None, Any] = {}
     for field in option_fields(cls):
+        if only is not None and field.name not in only:
+            continue
         m = meta(field)
         heading = title or (f"{m.group} options" if m.group else "options")
         if heading not in groups:
@@ -118,57 +124,32 @@ def config_file_values(path: Path, known: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def check_conflicts(core: type, arch_cls: type | None, arch_name: str) -> None:
-    """An architecture may not redefine a core option: that would make one flag mean two things."""
-    if arch_cls is None:
-        return
-    core_names = {f.name for f in option_fields(core)}
-    clash = sorted(core_names & {f.name for f in option_fields(arch_cls)})
-    if clash:
-        raise PluginError(
-            f"architecture {arch_name!r} defines options that the core already has: "
-            + ", ".join("--" + c for c in clash)
-        )
-
-
-def split_values(
-    values: Mapping[str, Any], core: type, arch_cls: type | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat ``{option: value}`` mapping into core and architecture parts."""
-    core_names = {f.name for f in option_fields(core)}
-    core_part = {k: v for k, v in values.items() if k in core_names}
-    arch_part = {k: v for k, v in values.items() if k not in core_names}
-    if arch_cls is None and arch_part:
-        name = sorted(arch_part)[0]
-        raise ConfigError(f"unknown option --{name}.{did_you_mean(name, sorted(core_names))}")
-    return core_part, arch_part
-
-
 def build_command_options(
     command: str,
-    core: type,
     architecture: Architecture,
     typed: Mapping[str, Any],
     file_values: Mapping[str, Any],
     file_name: str | None,
-) -> tuple[Any, Any]:
-    """Validate the values of one command into ``(core options, architecture options)``.
+    strategies: Iterable[MemoryStrategy] = (),
+) -> Any:
+    """Validate the values of one command into its one options object (see :func:`options_class`).
 
     :param typed: values given on the command line.
     :param file_values: values from ``--config_file`` (validated against ``file_name`` first).
+    :param strategies: the installed memory strategies (``plugins.memory_strategies()``), whose own
+        options the command then accepts; a strategy that declares options refuses to run with options
+        built without them.
     """
-    arch_cls = architecture.options.get(command)
-    fields = {f.name: f for f in option_fields(core)}
-    if arch_cls is not None:
-        fields.update({f.name: f for f in option_fields(arch_cls)})
+    cls = options_class(command, architecture, strategies)
+    fields = {f.name: f for f in option_fields(cls)}
     merged = dict(architecture.option_defaults.get(command, {}))
-    for key, raw in file_values.items():  # TOML values carry their types: "2" is not a number there
-        merged[key] = check_value(fields[key], raw, source=str(file_name), label=lambda n: f"option {n!r}")
-    for key, raw in typed.items():  # the command line is text: "2" is a number there
-        field = fields.get(key)
-        merged[key] = check_value(field, raw, source="command line", from_text=True) if field else raw
-    core_part, arch_part = split_values(merged, core, arch_cls)
+    sources = [(file_values, str(file_name), False), (typed, "command line", True)]
+    for values, where, from_text in sources:  # TOML values carry their types; the command line is text
+        for key, raw in values.items():
+            if key not in fields:
+                hint = did_you_mean(key, sorted(fields))
+                raise ConfigError(f"{where}: unknown option {key!r} for --arch {architecture.name}.{hint}")
+            label = (lambda n: f"option --{n}") if from_text else (lambda n: f"option {n!r}")
+            merged[key] = check_value(fields[key], raw, source=where, label=label, from_text=from_text)
     source = "command line" + (f" / {file_name}" if file_values else "")
-    core_options = build_options(core, core_part, source=source)
-    arch_options = build_options(arch_cls, arch_part, source=source) if arch_cls is not None else None
-    return core_options, arch_options
+    return build_options(cls, merged, source=source)

@@ -8,6 +8,7 @@ submodules in :data:`PUBLIC_MODULES` with their own ``__all__``. Everything else
 from tuner_core.architecture import COMMANDS, Architecture, MediaRules, ModelLayout
 from tuner_core.cache.naming import CacheNaming, LatentCacheName
 from tuner_core.cache.record import CacheRecord
+from tuner_core.components import Components
 from tuner_core.config.cache_options import CacheLatentsOptions, CacheTextOptions
 from tuner_core.config.dataset import DatasetConfig, DatasetSettings, load_dataset_config
 from tuner_core.config.generate_options import GenerateOptions
@@ -34,6 +35,7 @@ from tuner_core.training.timesteps import shift_sigmas
 PUBLIC_MODULES = (
     "tuner_core.attention",  # attention backends (sdpa, flash, sage, xformers) behind one call
     "tuner_core.media",  # reading and writing images and videos
+    "tuner_core.sampling",  # flow-matching sigma schedules, solvers (UniPC, Euler) and guidance
     "tuner_core.weights",  # reading checkpoints in every format, streaming them into models, saving
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "CacheNaming",
     "CacheRecord",
     "CacheTextOptions",
+    "Components",
     "ConfigError",
     "DataError",
     "DatasetConfig",

@@ -8,7 +8,7 @@ methods a command needs; a method left out raises :class:`~tuner_core.errors.Not
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -124,6 +124,13 @@ class Architecture:
         :param transform: rewrite each tensor with it while the weights stream in (memory strategies).
         """
         raise self._not_supported("load_component")
+
+    def component_path(self, component: str, options: Any) -> Path | None:
+        """The file ``component`` loads from: by default the option of the same name (``--dit``, ``--vae``),
+        or ``None`` when the command's options have no such option or it was not given."""
+        if component not in attrs.fields_dict(type(options)):
+            return None
+        return getattr(options, component)
 
     def cache_identity(self, command: str, options: Any) -> str:
         """A string that changes whenever ``command`` would write different caches for the same media.
@@ -271,12 +278,33 @@ class Architecture:
     def sample(
         self,
         models: Mapping[str, Any],
-        request: SampleRequest,
+        requests: Sequence[SampleRequest],
         options: Any,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        """Generate one video for ``request``: pixels in ``[0, 1]``, shape ``(C, F, H, W)``."""
+        generators: Sequence[torch.Generator],
+    ) -> Iterable[torch.Tensor]:
+        """Generate the latents of one video per request (``generators[i]`` seeded for ``requests[i]``).
+
+        Yield them in order: the caller writes (and decodes) each before asking for the next. Taking every
+        request at once lets an architecture run its phases once for all of them (encode all prompts,
+        free the text encoders, then run the denoiser), and ``models`` (a
+        :class:`~tuner_core.components.Components`) loads components when first read and frees them on
+        ``models.release(name)``.
+        """
         raise self._not_supported("sample")
+
+    def decode_latents(
+        self,
+        models: Mapping[str, Any],
+        latents: torch.Tensor,
+        options: Any,
+        sink: Callable[[torch.Tensor], None],
+    ) -> None:
+        """Decode latents that :meth:`sample` made (or a saved latent file holds) into pixels.
+
+        Hand ``sink`` runs of ``(C, F, H, W)`` frames in [0, 1], in time order, as soon as each is final, so
+        the writer encodes them without the whole video in memory.
+        """
+        raise self._not_supported("decode_latents")
 
     def generation_request(self, options: Any) -> SampleRequest:
         """The request ``tuner generate`` samples, from its validated options (override to add frames etc.)."""
@@ -292,6 +320,12 @@ class Architecture:
             cfg_scale=options.guidance_scale,
             seed=options.seed,
         )
+
+    def check_request(self, request: SampleRequest, options: Any) -> list[str]:
+        """Problems with one generation request (the command line's, a ``--from_file`` job, a sample
+        prompt) that show before any model loads: a missing image, a size the model cannot make. Each is
+        one line naming the option or switch and what to do."""
+        return []
 
     def sample_components(self, options: Any) -> tuple[str, ...]:
         """Components needed to sample during training, besides the trained model (loaded only when sampling)."""

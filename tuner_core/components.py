@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,8 +28,16 @@ class Components(Mapping[str, Any]):
 
     :param names: the components this command may use (``architecture.components(command, options)``).
     :param device: where a component is loaded unless :meth:`load` is given another device.
-    :param preloaded: components that already exist (the model being trained, when sampling).
+    :param preloaded: components that already exist (the model being trained, when sampling); they are
+        never released, since their owner still holds them.
     :param transforms: per component, the memory strategies' tensor rewrite while its weights stream in.
+    :param prepare: per component, what to do to it once loaded (merge LoRA files, apply memory
+        strategies); returns the component to use.
+    :param hold: keep components loaded when the architecture releases one (``--interactive`` keeps
+        every model between typed prompts); :meth:`release` without names still frees everything.
+
+    :attr:`memo` keeps what an architecture computed from components (encoded prompts, say) for as long
+    as this object lives, so the jobs of one ``tuner generate --from_file`` run share it.
     """
 
     def __init__(
@@ -41,35 +50,74 @@ class Components(Mapping[str, Any]):
         *,
         preloaded: Mapping[str, Any] | None = None,
         transforms: Mapping[str, Transform] | None = None,
+        prepare: Mapping[str, Callable[[Any], Any]] | None = None,
+        hold: bool = False,
     ) -> None:
         self._architecture = architecture
         self._plugins = plugins
         self._options = options
         self._device = device
         self._loaded: dict[str, Any] = dict(preloaded or {})
+        self._kept = frozenset(self._loaded)
+        #: How often each component was loaded from its files (tests and logs read it).
+        self.load_counts: Counter[str] = Counter()
+        #: Values derived from the components, kept between jobs (see the class docstring).
+        self.memo: dict[Any, Any] = {}
         self._transforms = dict(transforms or {})
+        self._prepare = dict(prepare or {})
+        self._offloaded: set[str] = set()
+        self._hold = hold
         self._names = tuple(dict.fromkeys([*self._loaded, *names]))
 
     def load(self, name: str, *, device: torch.device | None = None) -> Any:
         """The component ``name``, loaded onto ``device`` (default: the command's) if it is not loaded yet."""
         if name not in self._names:
             raise KeyError(f"{name!r} is not a component of this command (it has {', '.join(self._names)})")
+        if name in self._offloaded:
+            self._offloaded.discard(name)
+            self._loaded[name] = self._loaded[name].to(device or self._device)
         if name not in self._loaded:
-            self._loaded[name] = self._plugins.hook.tuner_load_model(
+            self.load_counts[name] += 1
+            component = self._plugins.hook.tuner_load_model(
                 architecture=self._architecture,
                 component=name,
                 options=self._options,
                 device=device or self._device,
                 transform=self._transforms.get(name),
             )
+            if name in self._prepare:
+                component = self._prepare[name](component)
+            self._loaded[name] = component
         return self._loaded[name]
 
     def release(self, *names: str) -> None:
-        """Drop the named components (all loaded ones when none is named) and return their memory."""
+        """Drop the named components (all loaded ones when none is named) and return their memory.
+
+        Preloaded components stay: their owner (the trainer) still uses them. While holding, only a
+        release of everything (no names) frees anything.
+        """
+        if names and self._hold:
+            return
         for name in names or tuple(self._loaded):
-            if self._loaded.pop(name, None) is not None:
+            self._offloaded.discard(name)
+            if name not in self._kept and self._loaded.pop(name, None) is not None:
                 log.debug("released %s", name)
         gc.collect()  # the last references may sit in reference cycles (modules and their hooks)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def offload(self, *names: str) -> None:
+        """Move the named loaded components to the CPU until they are read again (then they move back).
+
+        For a component a later phase needs once more (the VAE decodes after the DiT ran): its device
+        memory is free meanwhile, and it is not read from its files twice.
+        """
+        for name in names:
+            component = self._loaded.get(name)
+            if name in self._kept or not isinstance(component, torch.nn.Module):
+                continue
+            self._loaded[name] = component.to("cpu")
+            self._offloaded.add(name)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -1,8 +1,8 @@
-"""The core's own hook implementations: the last answer of every per-call hook, and its strategies.
+"""The core's own hook implementations: the last answer of every per-call hook, and its memory strategies.
 
-Registered like any plugin (first, so it runs last). Each per-call hook is answered by the architecture's
-method named in :data:`~tuner_core.hookspecs.ARCHITECTURE_METHODS`, so an architecture plugin only
-writes methods, and another plugin can still take over a single call by answering first.
+Registered first (so it runs last). Each per-call hook is answered by the architecture's method named in
+:data:`~tuner_core.hookspecs.ARCHITECTURE_METHODS`: an architecture plugin only writes methods, and another
+plugin can still take over a single call by answering first.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ def _answered_by(hook_name: str, method: str) -> Callable[..., Any]:
     names = spec.__code__.co_varnames[: spec.__code__.co_argcount]
 
     def implementation(*args: Any) -> Any:
-        # pluggy passes the arguments positionally, in the order of the names it reads from the spec.
+        # pluggy passes the arguments positionally, in the order of the names it reads from __wrapped__.
         arguments = dict(zip(names, args))
         return getattr(arguments.pop("architecture"), method)(**arguments)
 
-    implementation.__wrapped__ = spec  # type: ignore[attr-defined]  # pluggy reads argument names here
+    implementation.__wrapped__ = spec  # type: ignore[attr-defined]
     implementation.__name__ = implementation.__qualname__ = hook_name
-    implementation.__doc__ = f"Answer {hook_name} with ``Architecture.{method}``."
     return hookimpl(trylast=True)(implementation)
 
 

@@ -290,23 +290,3 @@ def at_least(minimum: float, *, allow_none: bool = True) -> Callable[[Any, attrs
 def as_dict(instance: Any) -> dict[str, Any]:
     """Option values of an options instance, by field name."""
     return {f.name: getattr(instance, f.name) for f in option_fields(type(instance))}
-
-
-@attrs.frozen
-class CommandOptions:
-    """The validated options of one command: the core's and the architecture's, side by side.
-
-    Attribute access falls through to both (architecture first), so plugin code can write ``options.dit``
-    and ``options.learning_rate``; typed code uses ``options.core`` and ``options.arch``.
-    """
-
-    core: Any
-    arch: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        for part in (self.arch, self.core):
-            if part is not None and hasattr(part, name):
-                return getattr(part, name)
-        raise AttributeError(f"no option {name!r}")

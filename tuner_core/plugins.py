@@ -1,12 +1,12 @@
 """Build a plugin manager: the core's own hooks, entry-point plugins and any objects the caller passes.
 
-Nothing is created at import time. An embedding program calls :func:`make_plugin_manager` with exactly
-the plugins it wants and keeps the returned :class:`Plugins` for as long as it needs it.
+Nothing is created at import time: a program calls :func:`make_plugin_manager` and keeps the :class:`Plugins`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import logging
 import os
@@ -44,34 +44,6 @@ class LoadFailure:
     error: str
 
 
-@attrs.frozen
-class PluginInfo:
-    """What ``tuner plugins`` shows for one registered plugin."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    hooks: tuple[str, ...]
-    architectures: tuple[str, ...]
-    networks: tuple[str, ...]
-    memory_strategies: tuple[str, ...]
-
-
-def _env_only() -> list[str] | None:
-    raw = os.environ.get(ENV_ONLY)
-    if raw is None:
-        return None
-    return [part.strip() for part in raw.split(",") if part.strip()]
-
-
-def _env_strict() -> bool:
-    return os.environ.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _normalise(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
 def make_plugin_manager(
     *,
     entry_points: bool = True,
@@ -81,160 +53,123 @@ def make_plugin_manager(
 ) -> Plugins:
     """Create a plugin manager.
 
-    :param entry_points: load plugins declared in the ``tuner`` entry-point group of installed packages.
-    :param only: load only entry points whose name or distribution is listed (default: ``$TUNER_LOAD_PLUGINS``,
-        a comma-separated list; unset means all).
-    :param strict: raise on a plugin that fails to import or implements an unknown hook instead of
-        warning (default: ``$TUNER_STRICT_PLUGINS``).
-    :param plugins: extra plugin objects (modules, classes or instances with hook functions) to register,
-        as a sequence or as a ``{name: plugin}`` mapping.
+    :param entry_points: load the plugins of the ``tuner`` entry-point group of installed packages.
+    :param only: load only the entry points whose name or distribution is listed (default:
+        ``$TUNER_LOAD_PLUGINS``, comma-separated; unset means all).
+    :param strict: raise, instead of warning, on a plugin that fails to import or implements an unknown hook
+        (default: ``$TUNER_STRICT_PLUGINS``).
+    :param plugins: extra plugin objects (modules, classes, instances), as a sequence or ``{name: plugin}``.
     :raises PluginError: in strict mode, on the first plugin problem.
     """
-    strict = _env_strict() if strict is None else strict
-    only = _env_only() if only is None else list(only)
+    if strict is None:
+        strict = os.environ.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
+    if only is None and ENV_ONLY in os.environ:
+        only = [part.strip() for part in os.environ[ENV_ONLY].split(",") if part.strip()]
+    only = None if only is None else list(only)
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
-
-    failures: list[LoadFailure] = []
-    dists: dict[str, metadata.Distribution] = {}
+    # The arguments, resolved against the environment, rebuild the same plugins in a spawned worker.
+    recipe = {"entry_points": entry_points, "only": only, "strict": strict, "plugins": plugins}
+    result = Plugins(manager, strict=strict, recipe=recipe)
     if entry_points:
-        _load_entry_points(manager, only, strict, failures, dists)
-
+        _load_entry_points(result, only)
     items = plugins.items() if isinstance(plugins, Mapping) else ((None, p) for p in plugins)
     for name, plugin in items:
         manager.register(plugin, name=name)
-
-    unknown = _check_pending(manager, strict)
-    recipe = {"entry_points": entry_points, "only": only, "strict": strict, "plugins": plugins}
-    return Plugins(
-        manager, failures=failures, distributions=dists, unknown_hooks=unknown, strict=strict, recipe=recipe
-    )
+    result.unknown_hooks = _unknown_hooks(manager, strict)
+    return result
 
 
-def _load_entry_points(
-    manager: pluggy.PluginManager,
-    only: list[str] | None,
-    strict: bool,
-    failures: list[LoadFailure],
-    dists: dict[str, metadata.Distribution],
-) -> None:
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    hint = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _load_entry_points(plugins: Plugins, only: list[str] | None) -> None:
+    """Register the ``tuner`` entry points ``only`` selects; one that fails to import is skipped, reported."""
     wanted = None if only is None else {_normalise(n) for n in only}
     matched: set[str] = set()
-    installed: list[str] = []
-    seen: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], metadata.EntryPoint] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.metadata["Name"] if dist is not None else "?"
-        if (ep.name, ep.value) in seen:  # one package found twice on sys.path
-            continue
-        seen.add((ep.name, ep.value))
-        installed.append(f"{ep.name} ({dist_name})")
+        found.setdefault((ep.name, ep.value), ep)  # one package found twice on sys.path: keep the first
+    installed = [(ep, ep.dist.metadata["Name"] if ep.dist is not None else "?") for ep in found.values()]
+    for ep, dist_name in installed:
         names = {_normalise(ep.name), _normalise(dist_name)}
         if wanted is not None and not names & wanted:
             continue
         matched |= names & (wanted or set())
-        if manager.get_plugin(ep.name) is not None or manager.is_blocked(ep.name):
+        if plugins.manager.get_plugin(ep.name) is not None or plugins.manager.is_blocked(ep.name):
             continue
         try:
-            plugin = ep.load()
-            manager.register(plugin, name=ep.name)
+            plugins.manager.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take the others down
-            message = f"{type(exc).__name__}: {exc}"
-            if strict:
-                raise PluginError(
-                    f"plugin {ep.name!r} from distribution {dist_name!r} failed to load: {message}"
-                ) from exc
-            failures.append(LoadFailure(ep.name, dist_name, message))
-            log.warning(
-                "plugin %r from distribution %r failed to load and is skipped (%s). "
-                "Set %s=1 to make this an error.",
-                ep.name,
-                dist_name,
-                message,
-                ENV_STRICT,
-            )
+            problem = f"plugin {ep.name!r} from distribution {dist_name!r} failed to load"
+            error = f"{type(exc).__name__}: {exc}"
+            if plugins.strict:
+                raise PluginError(f"{problem}: {error}") from exc
+            plugins.failures.append(LoadFailure(ep.name, dist_name, error))
+            log.warning("%s and is skipped (%s). Set %s=1 to make this an error.", problem, error, ENV_STRICT)
             continue
-        if dist is not None:
-            dists[ep.name] = dist
+        if ep.dist is not None:
+            plugins.distributions[ep.name] = ep.dist
     for name in sorted((wanted or set()) - matched):
-        hint = difflib.get_close_matches(name, [i.split(" ")[0] for i in installed], n=1)
-        log.warning(
-            "%s: no installed plugin is called %r%s; installed: %s",
-            ENV_ONLY,
-            name,
-            f" (did you mean {hint[0]!r}?)" if hint else "",
-            ", ".join(installed) or "none",
-        )
+        hint = _did_you_mean(name, (ep.name for ep, _ in installed))
+        listing = ", ".join(f"{ep.name} ({dist})" for ep, dist in installed) or "none"
+        log.warning("%s: no installed plugin is called %r%s; installed: %s", ENV_ONLY, name, hint, listing)
 
 
-def _check_pending(manager: pluggy.PluginManager, strict: bool) -> list[tuple[str, str]]:
-    """Find hook implementations whose name matches no hook spec (usually a typo)."""
-    spec_names = [name for name in dir(hookspecs) if name.startswith("tuner_")]
-    unknown: list[tuple[str, str]] = []
-    for name, caller in vars(manager.hook).items():
-        if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
-            continue
-        for impl in caller.get_hookimpls():
-            unknown.append((impl.plugin_name, name))
+def _unknown_hooks(manager: pluggy.PluginManager, strict: bool) -> list[tuple[str, str]]:
+    """Report the ``(plugin, hook)`` implementations whose name matches no hook spec (usually a typo)."""
+    unknown = [
+        (impl.plugin_name, name)
+        for name, caller in vars(manager.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
+        for impl in caller.get_hookimpls()
+    ]
+    specs = [name for name in vars(hookspecs) if name.startswith("tuner_")]
     for plugin_name, hook_name in unknown:
-        hint = difflib.get_close_matches(hook_name, spec_names, n=1)
-        message = f"plugin {plugin_name!r} implements unknown hook {hook_name!r}" + (
-            f" (did you mean {hint[0]!r}?)" if hint else ""
-        )
+        hint = _did_you_mean(hook_name, specs)
+        message = f"plugin {plugin_name!r} implements unknown hook {hook_name!r}{hint}"
         if strict:
             raise PluginError(message)
         log.warning("%s; it will never be called", message)
     return unknown
 
 
-def _remake(recipe: Mapping[str, Any]) -> Plugins:
-    return make_plugin_manager(**recipe)
-
-
+@attrs.define(eq=False)
 class Plugins:
-    """The loaded plugins: their registries, the hook relay, and what ``tuner plugins`` shows."""
+    """The loaded plugins: the hook relay, the registries they fill, and what went wrong loading them.
 
-    def __init__(
-        self,
-        manager: pluggy.PluginManager,
-        *,
-        failures: Sequence[LoadFailure] = (),
-        distributions: Mapping[str, metadata.Distribution] | None = None,
-        unknown_hooks: Sequence[tuple[str, str]] = (),
-        strict: bool = False,
-        recipe: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.manager = manager
-        self.failures = list(failures)
-        self.unknown_hooks = list(unknown_hooks)
-        self.strict = strict
-        self._recipe = recipe
-        self._distributions = dict(distributions or {})
-        self._registries: dict[str, Registry[Any]] = {}
+    Make one with :func:`make_plugin_manager`. Every hook of :mod:`tuner_core.hookspecs` is called through
+    :attr:`hook` by keyword; a per-call hook returns the first answer that is not ``None``.
+    """
 
-    # -- registries --------------------------------------------------------------------------------
+    manager: pluggy.PluginManager
+    failures: list[LoadFailure] = attrs.field(factory=list, converter=list, kw_only=True)
+    #: The distribution of each plugin that came from an entry point, by plugin name.
+    distributions: dict[str, metadata.Distribution] = attrs.field(factory=dict, converter=dict, kw_only=True)
+    #: ``(plugin, hook)`` for each implementation whose name matches no hook spec.
+    unknown_hooks: list[tuple[str, str]] = attrs.field(factory=list, converter=list, kw_only=True)
+    strict: bool = attrs.field(default=False, kw_only=True)
+    _recipe: Mapping[str, Any] | None = attrs.field(default=None, kw_only=True, repr=False)
+    _registries: dict[str, Registry[Any]] = attrs.field(factory=dict, init=False, repr=False)
+
+    @property
+    def hook(self) -> Any:
+        """The hook relay: ``plugins.hook.tuner_encode_text(architecture=..., captions=..., ...)``."""
+        return self.manager.hook
 
     def _registry(self, hook_name: str, kind: str) -> Registry[Any]:
+        # Filled on first use, so registration code runs only in commands that need it.
         if hook_name not in self._registries:
-            registry: Registry[Any] = Registry(kind)
-            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
-
-                def register(item: Any, _plugin: str = impl.plugin_name) -> None:
-                    registry.add(item, _plugin)
-
-                try:
-                    impl.function(**({"register": register} if "register" in impl.argnames else {}))
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    if self.strict:
-                        raise PluginError(
-                            f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}"
-                        ) from exc
-                    log.warning("plugin %r failed in %s and is skipped: %s", impl.plugin_name, hook_name, exc)
-            self._registries[hook_name] = registry
+            caller = getattr(self.manager.hook, hook_name)
+            self._registries[hook_name] = Registry.collect(caller, kind, strict=self.strict)
         return self._registries[hook_name]
 
     def architectures(self) -> Registry[Architecture]:
@@ -261,47 +196,4 @@ class Plugins:
         """Pickle as the call that made it: a spawned data-loader worker loads the same plugins again."""
         if self._recipe is None:
             raise TypeError("only a Plugins made by make_plugin_manager() can be pickled")
-        return (_remake, (dict(self._recipe),))
-
-    # -- hooks -------------------------------------------------------------------------------------
-
-    @property
-    def hook(self) -> Any:
-        """The hook relay: ``plugins.hook.tuner_encode_text(architecture=..., captions=..., ...)``.
-
-        Every hook of :mod:`tuner_core.hookspecs` is called through it, by keyword; a per-call hook
-        returns the first answer that is not ``None`` (the architecture answers last).
-        """
-        return self.manager.hook
-
-    # -- introspection -----------------------------------------------------------------------------
-
-    def describe(self) -> list[PluginInfo]:
-        """One entry per registered plugin: its distribution, hooks and what it registered."""
-        owners: dict[str, dict[str, list[str]]] = {}
-        for kind, registry in (
-            ("architectures", self.architectures()),
-            ("networks", self.networks()),
-            ("memory_strategies", self.memory_strategies()),
-        ):
-            for name in registry.names():
-                owners.setdefault(registry.owner(name), {}).setdefault(kind, []).append(name)
-        infos = []
-        for name, plugin in self.manager.list_name_plugin():
-            if plugin is None:
-                continue
-            dist = self._distributions.get(name)
-            hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or ())
-            own = owners.get(name, {})
-            infos.append(
-                PluginInfo(
-                    name=name,
-                    distribution=dist.metadata["Name"] if dist else None,
-                    version=dist.version if dist else None,
-                    hooks=tuple(hooks),
-                    architectures=tuple(own.get("architectures", ())),
-                    networks=tuple(own.get("networks", ())),
-                    memory_strategies=tuple(own.get("memory_strategies", ())),
-                )
-            )
-        return infos
+        return (functools.partial(make_plugin_manager, **self._recipe), ())

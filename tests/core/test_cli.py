@@ -110,8 +110,8 @@ def test_config_file_supplies_options_and_command_line_wins(tmp_path, dataset, c
 
     seen = {}
 
-    def capture(options, arch_options, **_):
-        seen["options"], seen["arch"] = options, arch_options
+    def capture(options, **_):
+        seen["options"] = options
         return run_module.CommandResult("train", counts={"steps": 0})
 
     monkeypatch.setitem(run_module.RUNNERS, "train", capture)
@@ -138,7 +138,7 @@ def test_config_file_supplies_options_and_command_line_wins(tmp_path, dataset, c
     assert code == 0, err
     assert seen["options"].learning_rate == 3e-4  # the command line wins
     assert seen["options"].optimizer_type == "AdamW"
-    assert seen["arch"].latent_window_size == 5 and seen["arch"].dit == Path("model.safetensors")
+    assert seen["options"].latent_window_size == 5 and seen["options"].dit == Path("model.safetensors")
 
 
 def test_config_file_unknown_key_is_named(tmp_path, capsys):

@@ -22,8 +22,11 @@ class EchoArch(Architecture):
     def encode_text(self, captions, models, options):
         return [{"len": torch.tensor(len(c))} for c in captions]
 
-    def sample(self, models, request, options, generator):
-        return torch.full((3, 1, 2, 2), 0.5)
+    def sample(self, models, requests, options, generators):
+        return [torch.full((1, 1, 2, 2), float(i)) for i, _ in enumerate(requests)]
+
+    def decode_latents(self, models, latents, options, sink):
+        sink(latents.expand(3, -1, -1, -1))
 
 
 CPU = torch.device("cpu")
@@ -121,16 +124,41 @@ def test_hook_tuner_compute_loss_default_and_override():
     assert loss.item() == 6.0
 
 
-def test_hook_tuner_sample():
+def test_hook_tuner_sample_and_tuner_decode_latents():
     plugins = manager()
-    video = plugins.hook.tuner_sample(
+    arch = plugins.architecture("echo")
+    latents = list(
+        plugins.hook.tuner_sample(
+            architecture=arch,
+            models={},
+            requests=[SampleRequest(prompt="p"), SampleRequest(prompt="q")],
+            options=None,
+            generators=[torch.Generator(), torch.Generator()],
+        )
+    )
+    assert [float(x.mean()) for x in latents] == [0.0, 1.0]
+    pieces = []
+    plugins.hook.tuner_decode_latents(
+        architecture=arch, models={}, latents=latents[1], options=None, sink=pieces.append
+    )
+    assert pieces[0].shape == (3, 1, 2, 2)
+
+    class Preview:
+        @hookimpl
+        def tuner_decode_latents(self, latents, sink):
+            sink(latents.new_zeros(3, 1, 1, 1))  # a plugin may decode in its own way
+            return True
+
+    plugins = manager(Preview())
+    pieces = []
+    plugins.hook.tuner_decode_latents(
         architecture=plugins.architecture("echo"),
         models={},
-        request=SampleRequest(prompt="p"),
+        latents=latents[0],
         options=None,
-        generator=torch.Generator(),
+        sink=pieces.append,
     )
-    assert video.shape == (3, 1, 2, 2)
+    assert [p.shape for p in pieces] == [(3, 1, 1, 1)]
 
 
 def test_hook_tuner_batch_item_tuner_predict_tuner_training_target_default_to_the_architecture():
@@ -193,7 +221,7 @@ class Recorder:
 def test_hook_tuner_on_train_start_tuner_on_step_end_tuner_on_save_tuner_on_sample_broadcast():
     first, second = Recorder(), Recorder()
     plugins = make_plugin_manager(entry_points=False, plugins=[first, second])
-    run = TrainingRun(options=None, arch_options=None, architecture=None, output_dir=Path("."))
+    run = TrainingRun(options=None, architecture=None, output_dir=Path("."))
     plugins.hook.tuner_on_train_start(run=run)
     plugins.hook.tuner_on_step_end(run=run, step=1, metrics={"loss": 0.5})
     plugins.hook.tuner_on_save(run=run, path=Path("w.safetensors"), kind="weights")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import textwrap
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from tuner_core import Architecture, PluginError, hookimpl, make_plugin_manager
+from tuner_cli.show_plugins import describe
+from tuner_core import Architecture, PluginError, Plugins, hookimpl, hookspecs, make_plugin_manager
 from tuner_core.errors import ConfigError
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.network import NetworkType
@@ -42,7 +44,7 @@ def test_hook_tuner_register_architectures_in_test_plugin():
     assert isinstance(arch, TinyArch)
     assert plugins.architecture("tiny-alias") is arch
     assert plugins.architectures().owner("tiny") == "arch-plugin"
-    info = {i.name: i for i in plugins.describe()}
+    info = {i.name: i for i in describe(plugins)}
     assert info["arch-plugin"].architectures == ("tiny",)
     assert "tuner_register_architectures" in info["arch-plugin"].hooks
 
@@ -154,6 +156,25 @@ def test_registering_plugin_that_raises_is_isolated(caplog):
         strict.architectures()
 
 
+def test_plugins_pickle_as_the_call_that_made_them():
+    plugins = make_plugin_manager(only=["lora"], plugins={"a": ArchPlugin()})
+    again = pickle.loads(pickle.dumps(plugins))
+    assert again is not plugins and again.networks().names() == ["lora"]
+    assert again.architectures().names() == ["tiny"] and again.architectures().owner("tiny") == "a"
+    with pytest.raises(TypeError, match="make_plugin_manager"):
+        pickle.dumps(Plugins(plugins.manager))
+
+
+def test_every_per_call_hook_is_answered_last_by_an_architecture_method():
+    per_call = {
+        name
+        for name, spec in vars(hookspecs).items()
+        if name.startswith("tuner_") and spec.tuner_spec["firstresult"]
+    }
+    assert per_call == set(hookspecs.ARCHITECTURE_METHODS)
+    assert all(callable(getattr(Architecture, m)) for m in hookspecs.ARCHITECTURE_METHODS.values())
+
+
 # -- entry points --------------------------------------------------------------------------------------
 
 
@@ -206,7 +227,7 @@ def test_load_plugins_env_restricts_loading(broken_plugin, monkeypatch):
 
 def test_builtin_plugins_load_through_entry_points():
     plugins = make_plugin_manager()
-    info = {i.name: i for i in plugins.describe()}
+    info = {i.name: i for i in describe(plugins)}
     assert info["framepack"].distribution == "tuner-framepack"
     assert info["framepack"].architectures == ("framepack",)
     assert info["lora"].distribution == "tuner-lora"

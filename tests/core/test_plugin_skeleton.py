@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tuner_cli.parser import build_command_options
 from tuner_core import hookimpl, make_plugin_manager
-from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.commands.run import run_command
 from tuner_toy.sample_data import make_sample_dataset
 
@@ -36,8 +35,8 @@ def test_the_documented_skeleton_caches_and_trains(tmp_path):
     dataset = make_sample_dataset(tmp_path / "data", videos=4, frames=9, size=32)
 
     def run(command, values):
-        core, own = build_command_options(command, COMMAND_OPTIONS[command], architecture, values, {}, None)
-        return run_command(command, core, own, architecture=architecture, plugins=plugins)
+        options = build_command_options(command, architecture, values, {}, None)
+        return run_command(command, options, architecture=architecture, plugins=plugins)
 
     assert run("cache-latents", {"dataset_config": dataset}).counts["encoded"] == 4
     assert run("cache-text", {"dataset_config": dataset}).counts["encoded"] == 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from tuner_cli.parser import build_command_options
-from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.commands.result import CommandResult
 from tuner_core.commands.run import run_command
 from tuner_core.plugins import Plugins, make_plugin_manager
@@ -17,8 +16,8 @@ def run(
     """Validate ``values`` like the CLI does and run ``command`` through the library."""
     plugins = plugins or make_plugin_manager()
     architecture = plugins.architecture(arch)
-    core, own = build_command_options(command, COMMAND_OPTIONS[command], architecture, values, {}, None)
-    return run_command(command, core, own, architecture=architecture, plugins=plugins)
+    options = build_command_options(command, architecture, values, {}, None, plugins.memory_strategies())
+    return run_command(command, options, architecture=architecture, plugins=plugins)
 
 
 def cache_all(toy, **extra: Any) -> None:
@@ -40,9 +39,9 @@ def train_values(toy, output_dir, **extra: Any) -> dict[str, Any]:
     }
 
 
-def build_command_options_for(command: str, architecture, values: dict[str, Any]):
-    """The combined options ``command`` runs with, validated like the CLI does."""
-    from tuner_core.options import CommandOptions
-
-    core, own = build_command_options(command, COMMAND_OPTIONS[command], architecture, values, {}, None)
-    return CommandOptions(core, own)
+def build_command_options_for(
+    command: str, architecture, values: dict[str, Any], plugins: Plugins | None = None
+):
+    """The options ``command`` runs with, validated like the CLI does (with ``plugins``' strategies' options)."""
+    strategies = plugins.memory_strategies() if plugins is not None else ()
+    return build_command_options(command, architecture, values, {}, None, strategies)

@@ -51,8 +51,12 @@ class Watcher:
         self.seen["compute_loss"] += 1
 
     @hookimpl
-    def tuner_sample(self, request):
-        self.seen["sample"] += 1
+    def tuner_sample(self, requests):
+        self.seen["sample"] += len(requests)
+
+    @hookimpl
+    def tuner_decode_latents(self, latents):
+        self.seen["decode_latents"] += 1
 
 
 def test_hooks_are_called_by_the_engine_through_plugins(toy, tmp_path):
@@ -72,7 +76,8 @@ def test_hooks_are_called_by_the_engine_through_plugins(toy, tmp_path):
     assert seen["encode_latents"] == 6 and seen["encode_text"] == 6
     assert seen["batch_item"] == 4  # 2 steps of batches of 2
     assert seen["noisy_input"] == seen["predict"] == seen["training_target"] == seen["compute_loss"] == 2
-    assert seen["load dit"] == 2 and seen["load vae"] == 2 and seen["sample"] == 1
+    assert seen["load dit"] == 2 and seen["load vae"] == 2
+    assert seen["sample"] == seen["decode_latents"] == 1
 
 
 def test_a_plugin_can_take_over_the_training_target(toy, tmp_path):

@@ -10,7 +10,6 @@ from safetensors import safe_open
 
 from tuner_cli.parser import build_command_options
 from tuner_core import ConfigError
-from tuner_core.commands import COMMAND_OPTIONS
 from tuner_core.commands.run import run_command
 from tuner_core.media.write import write_video
 from tuner_core.plugins import make_plugin_manager
@@ -27,8 +26,8 @@ from tuner_toy.sample_data import square_video
 def run(command, values):
     plugins = make_plugin_manager()
     arch = plugins.architecture("framepack")
-    core, own = build_command_options(command, COMMAND_OPTIONS[command], arch, values, {}, None)
-    return run_command(command, core, own, architecture=arch, plugins=plugins)
+    options = build_command_options(command, arch, values, {}, None)
+    return run_command(command, options, architecture=arch, plugins=plugins)
 
 
 @pytest.fixture(scope="module")
@@ -217,17 +216,52 @@ def test_section_caches_put_together_are_the_clip_latents_and_decode_like_it(wor
     )  # within the VAE's own error
 
 
-def test_sampling_during_training_is_refused_up_front(workspace, cached, tmp_path):
-    from tuner_core import NotAvailableError
+def test_sampling_during_training_writes_videos_with_the_encoders_loaded_only_then(workspace, cached, tmp_path):
+    from PIL import Image
+
+    start = tmp_path / "start.png"
+    Image.fromarray(square_video((200, 50, 50), (1, 0), frames=1, size=64)[0]).save(start)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a red square --i {start} --f 37 --s 2 --d 5\n")
+    result = run(
+        "train",
+        {
+            "dataset_config": workspace["dataset"],
+            "dit": workspace["dit"],
+            "vae": workspace["vae"],
+            "image_encoder": workspace["image_encoder"],
+            "text_encoder1": workspace["text_encoder1"],
+            "text_encoder2": workspace["text_encoder2"],
+            "tokenizer2": workspace["tokenizer2"],
+            "output_dir": tmp_path / "out",
+            "network_module": "lora",
+            "sample_prompts": prompts,
+            "sample_at_first": True,
+            "max_train_steps": 1,
+            "max_data_loader_n_workers": 0,
+        },
+    )
+    samples = result.outputs["samples"]
+    assert len(samples) == 1 and all(p.suffix == ".mp4" and p.stat().st_size > 0 for p in samples)
+    assert (tmp_path / "out" / "sample").is_dir()
+
+
+def test_a_sample_prompt_without_a_start_image_is_refused_before_training(workspace, cached, tmp_path):
+    from tuner_core import ConfigError
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat --i start.png --f 37\n")
-    with pytest.raises(NotAvailableError, match="cannot generate samples yet"):
+    prompts.write_text("a cat --f 37\n")
+    with pytest.raises(ConfigError, match="--i is required"):
         run(
             "train",
             {
                 "dataset_config": workspace["dataset"],
                 "dit": workspace["dit"],
+                "vae": workspace["vae"],
+                "image_encoder": workspace["image_encoder"],
+                "text_encoder1": workspace["text_encoder1"],
+                "text_encoder2": workspace["text_encoder2"],
+                "tokenizer2": workspace["tokenizer2"],
                 "output_dir": tmp_path,
                 "sample_prompts": prompts,
                 "max_train_steps": 1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +20,7 @@ from tuner_core.cache.store import (
 )
 from tuner_core.commands.cache_run import REUSABLE, CacheRun
 from tuner_core.commands.result import CommandResult
+from tuner_core.config.cache_options import CacheLatentsOptions
 from tuner_core.data.batches import caching_batches
 from tuner_core.data.items import MediaItem, MediaSample
 from tuner_core.data.loader import load_sample
@@ -58,18 +58,18 @@ def _load(item: MediaItem, architecture: Architecture) -> MediaSample | None:
 
 
 def cache_latents(
-    options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
+    options: CacheLatentsOptions, *, architecture: Architecture, plugins: Plugins
 ) -> CommandResult:
     """Encode every item of ``options.dataset_config`` into latent caches; returns counts."""
-    run = CacheRun.start("cache-latents", options, arch_options, architecture)
-    combined, identity, counts = run.options, run.identity, run.counts
+    run = CacheRun.start("cache-latents", options, architecture)
+    identity, counts = run.identity, run.counts
     plans = []
     for ds, found in run.discovered():
         expected: set[str] = set()
         todo = []
         for item in found.items:
             try:
-                names = architecture.latent_cache_names(item, combined)
+                names = architecture.latent_cache_names(item, options)
             except DataError as exc:  # e.g. a clip shorter than one section
                 log.warning("skipping %s: %s", item.source, exc)
                 counts["skipped"] += 1
@@ -102,7 +102,7 @@ def cache_latents(
                     if samples:
                         with torch.no_grad():
                             records = plugins.hook.tuner_encode_latents(
-                                architecture=architecture, samples=samples, models=models, options=combined
+                                architecture=architecture, samples=samples, models=models, options=options
                             )
                         for sample, item_records in zip(samples, records):
                             for record in item_records:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import attrs
 import torch
@@ -11,9 +10,9 @@ import torch
 from tuner_core.architecture import Architecture
 from tuner_core.cache.store import CacheStatus, remove_temp_files
 from tuner_core.components import Components
+from tuner_core.config.cache_options import CacheOptions
 from tuner_core.config.dataset import DatasetConfig, DatasetSettings, load_dataset_config
 from tuner_core.data.discovery import DiscoveryResult, discover_items
-from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
 #: Cache states ``--skip_existing`` keeps: written by this identity, or by another tool (no fingerprint).
@@ -32,7 +31,7 @@ class CacheRun:
     """One run of a cache command: validated options, the dataset config and what was done so far."""
 
     command: str
-    options: CommandOptions
+    options: CacheOptions
     architecture: Architecture
     config: DatasetConfig
     identity: str
@@ -41,11 +40,10 @@ class CacheRun:
     )
 
     @classmethod
-    def start(cls, command: str, options: Any, arch_options: Any, architecture: Architecture) -> CacheRun:
+    def start(cls, command: str, options: CacheOptions, architecture: Architecture) -> CacheRun:
         """Load the dataset config and the architecture's encoder identity for ``command``."""
-        combined = CommandOptions(options, arch_options)
         config = load_dataset_config(options.dataset_config, architecture.dataset_options)
-        return cls(command, combined, architecture, config, architecture.cache_identity(command, combined))
+        return cls(command, options, architecture, config, architecture.cache_identity(command, options))
 
     def discovered(self) -> Iterator[tuple[DatasetSettings, DiscoveryResult]]:
         """Each dataset with its items (bad media counted as skipped; killed runs' temp files removed)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -20,17 +19,16 @@ from tuner_core.cache.store import (
 )
 from tuner_core.commands.cache_run import REUSABLE, CacheRun
 from tuner_core.commands.result import CommandResult
+from tuner_core.config.cache_options import CacheTextOptions
 from tuner_core.plugins import Plugins
 
 log = logging.getLogger(__name__)
 
 
-def cache_text(
-    options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
-) -> CommandResult:
+def cache_text(options: CacheTextOptions, *, architecture: Architecture, plugins: Plugins) -> CommandResult:
     """Encode the caption of every item of ``options.dataset_config`` into text caches; returns counts."""
-    run = CacheRun.start("cache-text", options, arch_options, architecture)
-    combined, identity, counts = run.options, run.identity, run.counts
+    run = CacheRun.start("cache-text", options, architecture)
+    identity, counts = run.identity, run.counts
     plans = []
     for ds, found in run.discovered():
         captions: dict[str, str] = {}  # one text cache per source: the clips of a video share it
@@ -68,7 +66,7 @@ def cache_text(
                             architecture=architecture,
                             captions=[c for _, c, _ in chunk],
                             models=models,
-                            options=combined,
+                            options=options,
                         )
                     for (name, caption, fp), tensors in zip(chunk, encoded):
                         record = CacheRecord(name, tensors, architecture.text_cache_metadata(caption))

@@ -19,13 +19,18 @@ from typing import Any
 import attrs
 
 from tuner_core.architecture import Architecture
-from tuner_core.commands.generate import network_file_problems
+from tuner_core.commands.network_merge import network_file_problems
+from tuner_core.config.cache_options import CacheOptions
 from tuner_core.config.dataset import load_dataset_config
+from tuner_core.config.generate_options import GenerateOptions
+from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
 from tuner_core.network import NetworkType
-from tuner_core.options import CommandOptions, meta, option_fields, sequence_item_type, unwrap_optional
+from tuner_core.options import meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
+from tuner_core.sampling.jobs import read_prompt_jobs
+from tuner_core.sampling.outputs import read_latent_header
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.training.lr_schedulers import check_lr_options, ignored_lr_options
 from tuner_core.training.model_setup import DEFAULT_NETWORK_DIM, memory_settings
@@ -65,7 +70,7 @@ class Problems:
             )
 
 
-def preflight(command: str, options: CommandOptions, architecture: Architecture, plugins: Plugins) -> None:
+def preflight(command: str, options: Any, architecture: Architecture, plugins: Plugins) -> None:
     """Check ``command``'s options without loading a model; raise one :class:`ConfigError` for all problems."""
     if command not in architecture.commands:
         raise NotSupportedError(
@@ -74,9 +79,7 @@ def preflight(command: str, options: CommandOptions, architecture: Architecture,
             + ")"
         )
     problems = Problems()
-    for part in (options.core, options.arch):
-        if part is not None:
-            _check_paths(part, problems)
+    _check_paths(options, problems)
     {"train": _train, "generate": _generate}.get(command, _cache)(options, architecture, plugins, problems)
     for message in architecture.check_options(command, options):
         problems.add(message)
@@ -148,14 +151,12 @@ def writable_file_problem(path: Path) -> str | None:
 # -- per command ---------------------------------------------------------------------------------------------
 
 
-def _dataset(options: CommandOptions, architecture: Architecture, problems: Problems) -> Any:
-    return problems.collect(
-        lambda: load_dataset_config(options.core.dataset_config, architecture.dataset_options)
-    )
+def _dataset(options: CacheOptions | TrainOptions, architecture: Architecture, problems: Problems) -> Any:
+    return problems.collect(lambda: load_dataset_config(options.dataset_config, architecture.dataset_options))
 
 
-def _cache(options: CommandOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:
-    config = _dataset(options, architecture, problems) if options.core.dataset_config.exists() else None
+def _cache(options: CacheOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:
+    config = _dataset(options, architecture, problems) if options.dataset_config.exists() else None
     for ds in config.datasets if config else ():
         problem = writable_directory_problem(ds.cache_directory)
         if problem:
@@ -176,30 +177,31 @@ def _memory(
     problems.collect(lambda: check_memory_options(settings, plugins))
 
 
-def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:
-    core = options.core
-    if core.dataset_config.exists():
+def _train(options: TrainOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:
+    if options.dataset_config.exists():
         _dataset(options, architecture, problems)
-    _memory(core, architecture, plugins, problems, training=True)
+    _memory(options, architecture, plugins, problems, training=True)
     network = None
-    if core.network_module is not None:
+    if options.network_module is not None:
         try:
-            network = plugins.network(core.network_module)
+            network = plugins.network(options.network_module)
         except ConfigError as exc:
             problems.add(f"--network_module: {exc}")
-    if core.dim_from_weights and core.network_weights is None:
+    if options.dim_from_weights and options.network_weights is None:
         problems.add("--dim_from_weights reads the rank from --network_weights: give --network_weights too")
     problems.collect(
-        lambda: check_optimizer_options(core.optimizer_type, core.learning_rate, core.optimizer_args)
+        lambda: check_optimizer_options(options.optimizer_type, options.learning_rate, options.optimizer_args)
     )
-    problems.collect(lambda: check_lr_options(core, None if core.max_train_epochs else core.max_train_steps))
-    for message in ignored_lr_options(core):
+    problems.collect(
+        lambda: check_lr_options(options, None if options.max_train_epochs else options.max_train_steps)
+    )
+    for message in ignored_lr_options(options):
         log.warning("%s", message)
-    if core.resume is not None and core.resume.exists():
-        for message in _resume(core, architecture, network):
+    if options.resume is not None and options.resume.exists():
+        for message in _resume(options, architecture, network):
             problems.add(message)
-    if core.sample_prompts is not None and core.sample_prompts.is_file():
-        requests = problems.collect(lambda: read_prompt_file(core.sample_prompts))
+    if options.sample_prompts is not None and options.sample_prompts.is_file():
+        requests = problems.collect(lambda: read_prompt_file(options.sample_prompts))
         if requests and not architecture.can_sample:
             problems.add(
                 f"--sample_prompts: --arch {architecture.name} cannot generate samples yet; train without "
@@ -208,42 +210,59 @@ def _train(options: CommandOptions, architecture: Architecture, plugins: Plugins
             )
         elif requests:
             problems.collect(lambda: architecture.sample_components(options))
+            for index, request in enumerate(requests):
+                for message in architecture.check_request(request, options):
+                    problems.add(f"--sample_prompts {options.sample_prompts}: prompt {index + 1}: {message}")
 
 
-def _resume(core: Any, architecture: Architecture, network: NetworkType | None) -> list[str]:
+def _resume(options: TrainOptions, architecture: Architecture, network: NetworkType | None) -> list[str]:
     """What keeps ``--resume`` from continuing the state with these options."""
-    unknown_network = core.network_module is not None and network is None  # reported on its own
+    unknown_network = options.network_module is not None and network is None  # reported on its own
     expected = run_settings(
         architecture.name,
-        core,
+        options,
         network_type=network.name if network else None,
-        network_dim=(core.network_dim or DEFAULT_NETWORK_DIM) if core.network_module else None,
+        network_dim=(options.network_dim or DEFAULT_NETWORK_DIM) if options.network_module else None,
     )
-    if core.dim_from_weights or unknown_network:
+    if options.dim_from_weights or unknown_network:
         expected.pop("network_dim")
     if unknown_network:
         for key in ("network_type", "network_alpha"):
             expected.pop(key)
-    return resume_problems(core.resume, expected)
+    return resume_problems(options.resume, expected)
 
 
 def _generate(
-    options: CommandOptions, architecture: Architecture, plugins: Plugins, problems: Problems
+    options: GenerateOptions, architecture: Architecture, plugins: Plugins, problems: Problems
 ) -> None:
-    core = options.core
-    if core.save_merged_model is None:
+    if options.save_merged_model is None:
         if not architecture.can_sample:
             problems.add(
                 f"tuner generate --arch {architecture.name}: this architecture cannot generate yet "
                 "(--save_merged_model works)",
                 NotAvailableError,
             )
-        if core.latent_path or core.output_type not in ("video", "images"):
-            problems.add(
-                "--latent_path and --output_type latent/both/latent_images are not available yet; use "
-                "--output_type video or images",
-                NotAvailableError,
-            )
-        _memory(core, architecture, plugins, problems, training=False)
-    for message in network_file_problems(core, plugins):
+        for path in options.latent_path:
+            if path.is_file():
+                problems.collect(lambda path=path: read_latent_header(path))
+        if not options.latent_path and architecture.can_sample:
+            _jobs(options, architecture, problems)
+        _memory(options, architecture, plugins, problems, training=False)
+    for message in network_file_problems(options, plugins):
         problems.add(message)
+
+
+def _jobs(options: GenerateOptions, architecture: Architecture, problems: Problems) -> None:
+    """The command line's request, or each ``--from_file`` job, as the architecture checks requests."""
+    base = problems.collect(lambda: architecture.generation_request(options))
+    if base is None:
+        return
+    jobs = [base]
+    if options.from_file is not None and options.from_file.is_file():
+        jobs = problems.collect(lambda: read_prompt_jobs(options.from_file, base)) or []
+    elif options.interactive:
+        jobs = []  # typed later; each is checked when it is typed
+    for index, job in enumerate(jobs):
+        where = f"{options.from_file}: job {index + 1}: " if options.from_file is not None else ""
+        for message in architecture.check_request(job, options):
+            problems.add(where + message)

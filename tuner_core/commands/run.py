@@ -12,7 +12,6 @@ from tuner_core.commands.generate import run_generate
 from tuner_core.commands.preflight import preflight
 from tuner_core.commands.result import CommandResult
 from tuner_core.commands.train import run_train
-from tuner_core.options import CommandOptions
 from tuner_core.plugins import Plugins
 
 Runner = Callable[..., CommandResult]
@@ -29,14 +28,16 @@ RUNNERS: dict[str, Runner] = {
 def run_command(
     command: str,
     options: Any,
-    arch_options: Any,
     *,
     architecture: Architecture,
     plugins: Plugins,
 ) -> CommandResult:
     """Run ``command`` (``"train"``, ``"cache-latents"``, ...) with validated options.
 
+    :param options: an instance of the command's options class
+        (:func:`tuner_core.commands.options_class`), e.g. ``FramePackTrainOptions`` for ``train``.
+
     Pre-flight runs first: every check that needs no model, all problems in one :class:`ConfigError`.
     """
-    preflight(command, CommandOptions(options, arch_options), architecture, plugins)
-    return RUNNERS[command](options, arch_options, architecture=architecture, plugins=plugins)
+    preflight(command, options, architecture, plugins)
+    return RUNNERS[command](options, architecture=architecture, plugins=plugins)

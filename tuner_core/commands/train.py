@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuner_core.architecture import Architecture
 from tuner_core.commands.result import CommandResult
-from tuner_core.options import CommandOptions
+from tuner_core.config.train_options import TrainOptions
 from tuner_core.plugins import Plugins
 
 
-def run_train(
-    options: Any, arch_options: Any, *, architecture: Architecture, plugins: Plugins
-) -> CommandResult:
+def run_train(options: TrainOptions, *, architecture: Architecture, plugins: Plugins) -> CommandResult:
     """Train and report the written weights, state, loss plot and samples."""
     from tuner_core.training.trainer import train
 
-    result = train(CommandOptions(options, arch_options), architecture=architecture, plugins=plugins)
+    result = train(options, architecture=architecture, plugins=plugins)
     outputs = {
         "weights": [p for p in (result.weights,) if p is not None],
         "state": [p for p in (result.state,) if p is not None],

@@ -20,6 +20,18 @@ class GenerateOptions:
     """Everything ``tuner generate`` needs besides the architecture's own options."""
 
     prompt: str | None = option(None, help="Text prompt.", group=PROMPT)
+    from_file: Path | None = option(
+        None,
+        help="Generate one video per line of this text file (prompt plus inline switches such as --w 640 "
+        "--h 480 --d 7 --s 25); the models load once for all lines.",
+        group=PROMPT,
+    )
+    interactive: bool = option(
+        False,
+        help="Read prompts (with inline switches) from the terminal, one video each, keeping the models "
+        "loaded; end with exit, quit or Ctrl-D.",
+        group=PROMPT,
+    )
     negative_prompt: str = option("", help="Negative prompt (used when --guidance_scale > 1).", group=PROMPT)
     seed: int | None = option(
         None,
@@ -113,5 +125,11 @@ class GenerateOptions:
             )
         if self.save_path is None and self.save_merged_model is None:
             raise ConfigError("--save_path is required: the directory the outputs are written to")
-        if self.prompt is None and not self.latent_path and self.save_merged_model is None:
-            raise ConfigError("--prompt is required (unless --latent_path or --save_merged_model is given)")
+        if self.from_file is not None and self.interactive:
+            raise ConfigError("give --from_file or --interactive, not both")
+        prompted = self.from_file is not None or self.interactive or self.latent_path
+        if self.prompt is None and not prompted and self.save_merged_model is None:
+            raise ConfigError(
+                "--prompt is required (unless --from_file, --interactive, --latent_path or "
+                "--save_merged_model is given)"
+            )

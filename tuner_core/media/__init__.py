@@ -12,13 +12,14 @@ from tuner_core.media.video import (
     probe_video,
     read_frames,
 )
-from tuner_core.media.write import write_video
+from tuner_core.media.write import VideoStream, write_video
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "VideoInfo",
     "VideoReader",
+    "VideoStream",
     "area_downscale",
     "count_frames",
     "frame_files",

@@ -12,22 +12,29 @@ from tuner_core.architecture import ModelLayout
 from tuner_core.errors import NotAvailableError
 from tuner_core.memory.blocks import install_block_hooks
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
+from tuner_core.memory.strategy_options import strategy_settings
 from tuner_core.plugins import Plugins
 from tuner_core.weights.stream import Transform
 
 log = logging.getLogger(__name__)
 
 
-def _enabled(plugins: Plugins, settings: MemorySettings) -> list[MemoryStrategy]:
-    return sorted((s for s in plugins.memory_strategies() if s.enabled(settings)), key=lambda s: s.order)
+def _enabled(plugins: Plugins, settings: MemorySettings) -> list[tuple[MemoryStrategy, MemorySettings]]:
+    """The enabled strategies in ascending ``order``, each with the settings it reads (its own options)."""
+    chosen = []
+    for strategy in plugins.memory_strategies():
+        own = strategy_settings(strategy, settings)
+        if strategy.enabled(own):
+            chosen.append((strategy, own))
+    return sorted(chosen, key=lambda pair: pair[0].order)
 
 
 def load_transform(layout: ModelLayout, settings: MemorySettings, plugins: Plugins) -> Transform | None:
     """The enabled strategies' tensor rewrites, chained in ``order``, for a loader to apply while the
     weights stream in (``None`` when no enabled strategy rewrites tensors)."""
     rewriting = [
-        s
-        for s in _enabled(plugins, settings)
+        (s, own)
+        for s, own in _enabled(plugins, settings)
         if type(s).transform_tensor is not MemoryStrategy.transform_tensor
     ]
     if not rewriting:
@@ -35,11 +42,11 @@ def load_transform(layout: ModelLayout, settings: MemorySettings, plugins: Plugi
 
     def transform(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = {key: tensor}
-        for strategy in rewriting:
+        for strategy, own in rewriting:
             outputs = {
                 name: rewritten
                 for k, t in outputs.items()
-                for name, rewritten in strategy.transform_tensor(k, t, layout, settings).items()
+                for name, rewritten in strategy.transform_tensor(k, t, layout, own).items()
             }
         return outputs
 
@@ -51,11 +58,11 @@ def apply_memory_strategies(
 ) -> list[str]:
     """Apply the enabled strategies in ascending ``order``; return their names."""
     enabled = _enabled(plugins, settings)
-    for strategy in enabled:
-        strategy.apply(model, layout, settings, device)
+    for strategy, own in enabled:
+        strategy.apply(model, layout, own, device)
         log.info("memory strategy: %s", strategy.name)
-    install_block_hooks(model, layout, enabled)
-    return [s.name for s in enabled]
+    install_block_hooks(model, layout, [s for s, _ in enabled])
+    return [s.name for s, _ in enabled]
 
 
 #: Options that only take effect through a memory strategy, by option name, with the settings that ask
@@ -75,7 +82,10 @@ def unavailable_memory_options(plugins: Plugins, *, training: bool) -> set[str]:
     return {
         name
         for name, asked in _STRATEGY_OPTIONS.items()
-        if not any(s.enabled(attrs.evolve(MemorySettings(training=training), **asked)) for s in strategies)
+        if not any(
+            s.enabled(strategy_settings(s, attrs.evolve(MemorySettings(training=training), **asked)))
+            for s in strategies
+        )
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -26,6 +26,9 @@ class MemorySettings:
     use_pinned_memory_for_block_swap: bool = False
     #: True while training (backward passes happen), False for inference.
     training: bool = False
+    #: The command's whole options object, where a strategy reads the options it declared itself
+    #: (:attr:`MemoryStrategy.options`). Left out of the hash: option values may be lists.
+    options: Any = attrs.field(default=None, repr=False, hash=False)
 
 
 class MemoryStrategy:
@@ -35,14 +38,27 @@ class MemoryStrategy:
     model owns it, so a 13B model never sits in memory at full precision), on the loaded model
     (:meth:`apply`), and around every declared block's forward and backward (:meth:`before_block`,
     :meth:`after_block`). Strategies run in ascending ``order``.
+
+    A strategy may add its own options to a command through :attr:`options`: they appear in the
+    command's ``--help``, are validated like the core's, and reach the strategy as
+    ``settings.options.<name>``.
     """
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 100
+    #: The options this strategy adds, per command (``"train"``, ``"generate"``): an attrs class of
+    #: :func:`tuner_core.option` fields, each with a default, declared
+    #: ``@attrs.frozen(kw_only=True, slots=False)`` (it is mixed into the command's options class, and
+    #: slotted classes cannot be mixed). See :func:`tuner_core.commands.options_class`.
+    options: ClassVar[Mapping[str, type]] = {}
 
     def enabled(self, settings: MemorySettings) -> bool:
-        """Whether these settings ask for this strategy."""
+        """Whether these settings ask for this strategy.
+
+        The core also asks with only the fixed fields set (to tell whether any strategy acts on
+        ``--fp8_base``, say); ``settings.options`` then holds just this strategy's options, at their defaults.
+        """
         raise NotImplementedError
 
     def transform_tensor(

@@ -90,7 +90,10 @@ class PreparedModel:
 
 
 def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) -> MemorySettings:
-    """The memory options of ``tuner train`` or ``tuner generate`` as strategies read them."""
+    """The memory options of ``tuner train`` or ``tuner generate`` as strategies read them.
+
+    ``options`` itself rides along, so a strategy reads the options it declared (``settings.options``).
+    """
     if isinstance(options, TrainOptions):
         return MemorySettings(
             fp8_base=options.fp8_base,
@@ -100,6 +103,7 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
             gradient_checkpointing_cpu_offload=options.gradient_checkpointing_cpu_offload,
             use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
             training=training,
+            options=options,
         )
     return MemorySettings(  # generate calls train's --fp8_base --fp8 and keeps no activations
         fp8_base=options.fp8,
@@ -107,6 +111,7 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
         blocks_to_swap=options.blocks_to_swap,
         use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
         training=training,
+        options=options,
     )
 
 
@@ -123,8 +128,7 @@ def prepare_model(
     options: Any, architecture: Architecture, plugins: Plugins, device: torch.device
 ) -> PreparedModel:
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
-    core = options.core
-    settings = memory_settings(core, training=True)
+    settings = memory_settings(options, training=True)
     name = architecture.trained_component
     transforms = {name: load_transform(architecture.layout, settings, plugins)}
     model: nn.Module = Components(
@@ -133,37 +137,44 @@ def prepare_model(
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
 
-    if core.network_module is None:
+    if options.network_module is None:
         params = architecture.trainable_parameters(model)
         wanted = {id(p) for p in params}
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
         step = DenoiserStep(architecture, plugins, model, None, options)
-        return PreparedModel(step, [{"params": params, "lr": core.learning_rate}], None, {}, None, applied)
+        return PreparedModel(step, [{"params": params, "lr": options.learning_rate}], None, {}, None, applied)
 
-    network_type = plugins.network(core.network_module)
-    args = parse_optimizer_args(core.network_args) if core.network_args else {}
+    network_type = plugins.network(options.network_module)
+    args = parse_optimizer_args(options.network_args) if options.network_args else {}
     initial = None
-    if core.network_weights is not None:
-        if not core.network_weights.is_file():
-            raise ConfigError(f"--network_weights {core.network_weights} does not exist")
-        initial = load_file(str(core.network_weights))
-    dim = core.network_dim or DEFAULT_NETWORK_DIM
-    if core.dim_from_weights:
+    if options.network_weights is not None:
+        if not options.network_weights.is_file():
+            raise ConfigError(f"--network_weights {options.network_weights} does not exist")
+        initial = load_file(str(options.network_weights))
+    dim = options.network_dim or DEFAULT_NETWORK_DIM
+    if options.dim_from_weights:
         if initial is None:
             raise ConfigError("--dim_from_weights needs --network_weights")
         dim = _dim_from_weights(initial)
     model.requires_grad_(False)
     network: Network = network_type.create(
-        model, architecture.layout, dim=dim, alpha=core.network_alpha, dropout=core.network_dropout, args=args
+        model,
+        architecture.layout,
+        dim=dim,
+        alpha=options.network_alpha,
+        dropout=options.network_dropout,
+        args=args,
     )
     if initial is not None:
         network.load_adapter_state_dict(initial)
-        log.info("network weights loaded from %s", core.network_weights)
+        log.info("network weights loaded from %s", options.network_weights)
     network.apply_to(model)
     network.set_gradient_checkpointing(settings.gradient_checkpointing)
     if not isinstance(network, nn.Module):
         raise ConfigError(f"network type {network_type.name!r} did not return a torch module")
     network.to(device)
     step = DenoiserStep(architecture, plugins, model, network, options)
-    return PreparedModel(step, network.parameter_groups(core.learning_rate), network_type, args, dim, applied)
+    return PreparedModel(
+        step, network.parameter_groups(options.learning_rate), network_type, args, dim, applied
+    )

@@ -9,7 +9,8 @@ import attrs
 
 # What a state directory records of the position: the keys of the ``Counters`` that older tuners saved, so
 # that their states still resume.
-_POSITION = ("global_step", "epoch", "batches_in_epoch", "losses")
+_POSITION = ("global_step", "epoch", "batches_in_epoch", "losses", "learning_rates", "epoch_ends")
+_LISTS = ("losses", "learning_rates", "epoch_ends")
 
 
 @attrs.define
@@ -19,8 +20,7 @@ class TrainingRun:
     The trainer advances it, accelerate saves and restores it with every state directory
     (:meth:`state_dict` / :meth:`load_state_dict`), and lifecycle hooks receive it.
 
-    :param options: the validated core training options.
-    :param arch_options: the architecture's own validated options.
+    :param options: the validated training options (the architecture's subclass of ``TrainOptions``).
     :param architecture: the architecture being trained.
     :param output_dir: where weights, states, samples and logs go.
     :param is_main_process: whether this process writes files.
@@ -31,11 +31,12 @@ class TrainingRun:
     :param batches_in_epoch: batches of the current epoch done, on this process.
     :param total_steps: optimizer steps the run makes in all.
     :param losses: the mean loss of every optimizer step done.
+    :param learning_rates: the learning rate of every optimizer step done (first parameter group).
+    :param epoch_ends: the global step at which each completed epoch ended.
     :param last_metrics: the metrics of the last optimizer step (``loss``, ``lr``, ``epoch``).
     """
 
     options: Any
-    arch_options: Any
     architecture: Any
     output_dir: Path
     is_main_process: bool = True
@@ -45,6 +46,8 @@ class TrainingRun:
     batches_in_epoch: int = 0
     total_steps: int = 0
     losses: list[float] = attrs.field(factory=list)
+    learning_rates: list[float] = attrs.field(factory=list)
+    epoch_ends: list[int] = attrs.field(factory=list)
     last_metrics: dict[str, float] = attrs.field(factory=dict)
 
     @property
@@ -54,12 +57,13 @@ class TrainingRun:
 
     def state_dict(self) -> dict[str, Any]:
         """The position, as saved in a state directory."""
-        state = {key: getattr(self, key) for key in _POSITION}
-        state["losses"] = list(self.losses)
-        return state
+        return {key: list(value) if key in _LISTS else value for key, value in self._position().items()}
+
+    def _position(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _POSITION}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a position that :meth:`state_dict` (or an older tuner's ``Counters``) saved."""
         for key in _POSITION:
             if key in state:
-                setattr(self, key, list(state[key]) if key == "losses" else state[key])
+                setattr(self, key, list(state[key]) if key in _LISTS else state[key])

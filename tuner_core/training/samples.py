@@ -17,8 +17,8 @@ from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
 from tuner_core.components import Components
-from tuner_core.media.write import write_sample
 from tuner_core.plugins import Plugins
+from tuner_core.sampling.outputs import generation_metadata, write_generated
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.sampling.request import SampleRequest
 from tuner_core.seeds import MAX_SEED
@@ -58,24 +58,24 @@ class TrainingSamples:
         prepared: PreparedModel,
     ) -> TrainingSamples:
         """Read the prompt file (pre-flight has checked that the architecture can sample with it)."""
-        core = options.core
-        requests = read_prompt_file(core.sample_prompts) if core.sample_prompts else []
-        asked = core.sample_every_n_steps or core.sample_every_n_epochs or core.sample_at_first
+        requests = read_prompt_file(options.sample_prompts) if options.sample_prompts else []
+        asked = options.sample_every_n_steps or options.sample_every_n_epochs or options.sample_at_first
         if asked and not requests:
             log.warning("sampling was asked for but --sample_prompts is not given; no samples will be made")
         return cls(options, architecture, plugins, accelerator, prepared, requests)
 
     def _due(self, *, step: int, epoch: int | None, force: bool, final: bool) -> bool:
-        core = self.options.core
         if not self.requests:
             return False
         if force:
             return True
         if final:
-            return bool(core.sample_every_n_steps or core.sample_every_n_epochs)
+            return bool(self.options.sample_every_n_steps or self.options.sample_every_n_epochs)
         if epoch is not None:
-            return bool(core.sample_every_n_epochs) and epoch % core.sample_every_n_epochs == 0
-        return bool(core.sample_every_n_steps) and step % core.sample_every_n_steps == 0
+            return (
+                bool(self.options.sample_every_n_epochs) and epoch % self.options.sample_every_n_epochs == 0
+            )
+        return bool(self.options.sample_every_n_steps) and step % self.options.sample_every_n_steps == 0
 
     def maybe_sample(
         self, run: TrainingRun, *, step: int, epoch: int | None, force: bool = False, final: bool = False
@@ -92,7 +92,6 @@ class TrainingSamples:
         return paths
 
     def _generate(self, run: TrainingRun, *, step: int, epoch: int | None) -> list[Path]:
-        core = self.options.core
         device = self.accelerator.device
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -111,24 +110,36 @@ class TrainingSamples:
         try:
             stamp = time.strftime("%Y%m%d%H%M%S")
             label = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
-            paths = []
-            for index, request in enumerate(self.requests):
-                seed = (
-                    request.seed if request.seed is not None else ((core.seed or 0) + index) % (MAX_SEED + 1)
+            seeds = [
+                request.seed
+                if request.seed is not None
+                else ((self.options.seed or 0) + index) % (MAX_SEED + 1)
+                for index, request in enumerate(self.requests)
+            ]
+            paths: list[Path] = []
+            with torch.no_grad(), self.accelerator.autocast():
+                results = self.plugins.hook.tuner_sample(
+                    architecture=self.architecture,
+                    models=models,
+                    requests=self.requests,
+                    options=self.options,
+                    generators=[torch.Generator().manual_seed(seed) for seed in seeds],
                 )
-                generator = torch.Generator().manual_seed(seed)
-                with torch.no_grad(), self.accelerator.autocast():
-                    video = self.plugins.hook.tuner_sample(
+                for index, (request, seed, latents) in enumerate(zip(self.requests, seeds, results)):
+                    written = write_generated(
+                        latents,
                         architecture=self.architecture,
+                        plugins=self.plugins,
                         models=models,
-                        request=request,
                         options=self.options,
-                        generator=generator,
+                        directory=self.options.output_dir / "sample",
+                        stem=f"{self.options.output_name}_{label}_{index:02d}_{stamp}_{seed}",
+                        output_type="video",
+                        fps=self.architecture.media.fps,
+                        metadata=generation_metadata(request, seed, self.architecture.media.fps),
                     )
-                stem = f"{core.output_name}_{label}_{index:02d}_{stamp}_{seed}"
-                fps = getattr(self.options, "fps", None) or self.architecture.media.fps
-                paths += write_sample(video, core.output_dir / "sample", stem, fps)
-                log.info("sample %s", paths[-1])
+                    paths += written["video"]
+                    log.info("sample %s", paths[-1])
             return paths
         finally:
             models.release()

@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError
 from tuner_core.plugins import Plugins
 from tuner_core.training import saved_files
@@ -79,7 +80,7 @@ class Saver:
         accelerator: Accelerator,
         step_module: torch.nn.Module,
         prepared: PreparedModel,
-        core: Any,
+        options: TrainOptions,
         metadata: dict[str, str],
         plugins: Plugins,
         run: TrainingRun,
@@ -89,7 +90,7 @@ class Saver:
         self.seed = seed
         self.step_module = step_module
         self.prepared = prepared
-        self.core = core
+        self.options = options
         self.metadata = metadata
         self.plugins = plugins
         self.run = run
@@ -107,17 +108,17 @@ class Saver:
         tensors = self._trainable_tensors()
         if not self.accelerator.is_main_process:
             return None
-        path = self.core.output_dir / name
+        path = self.options.output_dir / name
         meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
-        if self.prepared.network_type is not None and not self.core.no_metadata:
+        if self.prepared.network_type is not None and not self.options.no_metadata:
             meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
-        saved_files.save_weights(path, tensors, meta, self.core.save_precision)
+        saved_files.save_weights(path, tensors, meta, self.options.save_precision)
         self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")
         log.info("saved %s", path)
         return path
 
     def _state(self, name: str) -> Path:
-        final = self.core.output_dir / name
+        final = self.options.output_dir / name
         temp = final.with_name(f".{final.name}.tmp")
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(temp))
@@ -126,7 +127,7 @@ class Saver:
             network = self.prepared.network_type
             settings = run_settings(
                 self.run.architecture.name,
-                self.core,
+                self.options,
                 network_type=network.name if network else None,
                 network_dim=self.prepared.network_dim,
             )
@@ -139,37 +140,46 @@ class Saver:
 
     def save(self, *, epoch: int, step: int | None = None) -> None:
         """An intermediate save at the run's position: per step (``step`` given) or per epoch."""
-        core = self.core
         by_step = step is not None
         names = {"step": step} if by_step else {"epoch": epoch}
         self._weights(
-            saved_files.weights_name(core.output_name, **names),
+            saved_files.weights_name(self.options.output_name, **names),
             epoch=epoch,
             steps=self.run.global_step,
             finished=False,
         )
-        if core.save_state:
-            self._state(saved_files.state_name(core.output_name, **names))
+        if self.options.save_state:
+            self._state(saved_files.state_name(self.options.output_name, **names))
         if self.accelerator.is_main_process:
             kind = "step" if by_step else "epoch"
-            keep = core.save_last_n_steps if by_step else core.save_last_n_epochs
-            keep_state = core.save_last_n_steps_state if by_step else core.save_last_n_epochs_state
-            if by_step and keep and core.save_every_n_steps:
-                keep = max(keep // core.save_every_n_steps, 1)
-            if by_step and keep_state and core.save_every_n_steps:
-                keep_state = max(keep_state // core.save_every_n_steps, 1)
-            saved_files.prune(core.output_dir, core.output_name, kind=kind, keep=keep, state=False)
+            keep = self.options.save_last_n_steps if by_step else self.options.save_last_n_epochs
+            keep_state = (
+                self.options.save_last_n_steps_state if by_step else self.options.save_last_n_epochs_state
+            )
+            if by_step and keep and self.options.save_every_n_steps:
+                keep = max(keep // self.options.save_every_n_steps, 1)
+            if by_step and keep_state and self.options.save_every_n_steps:
+                keep_state = max(keep_state // self.options.save_every_n_steps, 1)
             saved_files.prune(
-                core.output_dir, core.output_name, kind=kind, keep=keep_state or keep, state=True
+                self.options.output_dir, self.options.output_name, kind=kind, keep=keep, state=False
+            )
+            saved_files.prune(
+                self.options.output_dir,
+                self.options.output_name,
+                kind=kind,
+                keep=keep_state or keep,
+                state=True,
             )
 
     def save_final(self, *, epoch: int) -> Saved:
         """The final weights (and state, with ``--save_state`` or ``--save_state_on_train_end``)."""
-        core = self.core
         weights = self._weights(
-            saved_files.weights_name(core.output_name), epoch=epoch, steps=self.run.global_step, finished=True
+            saved_files.weights_name(self.options.output_name),
+            epoch=epoch,
+            steps=self.run.global_step,
+            finished=True,
         )
         state = None
-        if core.save_state or core.save_state_on_train_end:
-            state = self._state(saved_files.state_name(core.output_name))
+        if self.options.save_state or self.options.save_state_on_train_end:
+            state = self._state(saved_files.state_name(self.options.output_name))
         return Saved(weights, state)

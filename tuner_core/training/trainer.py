@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from tuner_core.architecture import Architecture
 from tuner_core.config.dataset import load_dataset_config
+from tuner_core.config.train_options import TrainOptions
 from tuner_core.plugins import Plugins
 from tuner_core.seeds import derive_seed, random_seed, seeded_generator
 from tuner_core.training.cached_data import (
@@ -98,11 +99,6 @@ class TrainingSession:
     sampling: TrainingSamples
     on_step: Callable[[TrainingRun], None] | None = None
 
-    @property
-    def core(self) -> Any:
-        """The validated core training options."""
-        return self.options.core
-
 
 def train(
     options: Any,
@@ -111,7 +107,7 @@ def train(
     plugins: Plugins,
     on_step: Callable[[TrainingRun], None] | None = None,
 ) -> TrainResult:
-    """Train with validated ``options`` (a :class:`~tuner_core.options.CommandOptions`).
+    """Train with validated ``options`` (an instance of the architecture's ``train`` options class).
 
     :param on_step: called after every optimizer step with the run's state (for embedding programs).
     """
@@ -120,7 +116,7 @@ def train(
     plugins.hook.tuner_on_train_start(run=run)
     enabled = session.accelerator.is_local_main_process
     with contextlib.closing(Progress(run.total_steps, enabled=enabled, start=run.global_step)) as progress:
-        if session.core.sample_at_first and run.global_step == 0:
+        if session.options.sample_at_first and run.global_step == 0:
             session.sampling.maybe_sample(run, step=0, epoch=0, force=True)
         session.step_module.train()
         _run_epochs(session, progress)
@@ -137,27 +133,27 @@ def _setup(
     on_step: Callable[[TrainingRun], None] | None,
 ) -> TrainingSession:
     """Accelerator, data, model, optimizer, schedule, saver and sampler; a resumed run's position loaded."""
-    core = options.core
-    seed = core.seed if core.seed is not None else saved_seed(core.resume)  # a resumed run keeps its seed
+    seed = (
+        options.seed if options.seed is not None else saved_seed(options.resume)
+    )  # a resumed run keeps its seed
     seed = seed if seed is not None else random_seed()
-    accelerator = _accelerator(core)
+    accelerator = _accelerator(options)
     log.info("seed: %d, processes: %d, device: %s", seed, accelerator.num_processes, accelerator.device)
     # Before the model is built: the network's initial weights and dropout draw from these.
     torch.manual_seed(derive_seed(seed, "process", accelerator.process_index))
     random.seed(seed)
 
     data = _data(options, architecture, plugins, accelerator, seed)
-    total_steps, epochs = _run_length(core, data)
-    check_lr_options(core, total_steps)  # with the real step count, still before the model loads
+    total_steps, epochs = _run_length(options, data)
+    check_lr_options(options, total_steps)  # with the real step count, still before the model loads
 
     prepared = prepare_model(options, architecture, plugins, accelerator.device)
-    built, scheduler = _optimizer_and_schedule(core, prepared, total_steps)
+    built, scheduler = _optimizer_and_schedule(options, prepared, total_steps)
     step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer)
     run = TrainingRun(
-        options=core,
-        arch_options=options.arch,
+        options=options,
         architecture=architecture,
-        output_dir=core.output_dir,
+        output_dir=options.output_dir,
         is_main_process=accelerator.is_main_process,
         trained=prepared.step,
         total_steps=total_steps,
@@ -166,8 +162,8 @@ def _setup(
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(run)
     register_state_hooks(accelerator, prepared)
-    if core.resume is not None:
-        _resume(accelerator, core.resume, run)
+    if options.resume is not None:
+        _resume(accelerator, options.resume, run)
 
     metadata = _metadata(options, architecture, prepared, built, data, total_steps, epochs)
     session = TrainingSession(
@@ -181,25 +177,25 @@ def _setup(
         step_module=step_module,
         optimizer=optimizer,
         scheduler=scheduler,
-        timesteps=NoiseLevels.from_options(core),
+        timesteps=NoiseLevels.from_options(options),
         run=run,
-        saver=Saver(accelerator, step_module, prepared, core, metadata, plugins, run, seed),
+        saver=Saver(accelerator, step_module, prepared, options, metadata, plugins, run, seed),
         sampling=TrainingSamples.create(options, architecture, plugins, accelerator, prepared),
         on_step=on_step,
     )
-    if core.logging_dir:
-        accelerator.init_trackers((core.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
+    if options.logging_dir:
+        accelerator.init_trackers((options.log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
     return session
 
 
-def _accelerator(core: Any) -> Accelerator:
+def _accelerator(options: Any) -> Accelerator:
     return Accelerator(
         # Several processes without CUDA: accelerate only sets up gloo (MULTI_CPU) when told it runs on CPU.
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        mixed_precision=core.mixed_precision,
-        log_with="tensorboard" if core.logging_dir else None,
+        mixed_precision=options.mixed_precision,
+        log_with="tensorboard" if options.logging_dir else None,
         project_config=ProjectConfiguration(
-            project_dir=str(core.output_dir), logging_dir=str(core.logging_dir or "")
+            project_dir=str(options.output_dir), logging_dir=str(options.logging_dir or "")
         ),
     )
 
@@ -207,8 +203,7 @@ def _accelerator(core: Any) -> Accelerator:
 def _data(
     options: Any, architecture: Architecture, plugins: Plugins, accelerator: Accelerator, seed: int
 ) -> TrainingData:
-    core = options.core
-    config = load_dataset_config(core.dataset_config, architecture.dataset_options)
+    config = load_dataset_config(options.dataset_config, architecture.dataset_options)
     items = find_cached_items(config, architecture, options)
     batch_sizes, repeats = batch_settings(config)
     sampler = EpochBatches(
@@ -219,13 +214,13 @@ def _data(
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
     )
-    workers = data_loader_workers(core.max_data_loader_n_workers)
+    workers = data_loader_workers(options.max_data_loader_n_workers)
     loader = DataLoader(
         CachedItemsDataset(items, architecture, plugins),
         batch_sampler=sampler,
         collate_fn=stack_batch,
         num_workers=workers,
-        persistent_workers=core.persistent_data_loader_workers and workers > 0,
+        persistent_workers=options.persistent_data_loader_workers and workers > 0,
         # Its own generator: making an iterator must not draw from the global RNG that dropout uses,
         # or a resumed run would draw one number more than the run it continues.
         generator=torch.Generator().manual_seed(seed),
@@ -233,14 +228,16 @@ def _data(
     return TrainingData(config, items, sampler, loader, sampler.batches_per_epoch())
 
 
-def _run_length(core: Any, data: TrainingData) -> tuple[int, int]:
+def _run_length(options: Any, data: TrainingData) -> tuple[int, int]:
     """The run's optimizer steps and epochs."""
-    steps_per_epoch = math.ceil(data.batches_per_epoch / core.gradient_accumulation_steps)
-    total_steps = core.max_train_epochs * steps_per_epoch if core.max_train_epochs else core.max_train_steps
-    if core.max_train_epochs:
+    steps_per_epoch = math.ceil(data.batches_per_epoch / options.gradient_accumulation_steps)
+    total_steps = (
+        options.max_train_epochs * steps_per_epoch if options.max_train_epochs else options.max_train_steps
+    )
+    if options.max_train_epochs:
         log.info(
             "--max_train_epochs %d sets the length, %d steps (--max_train_steps is not used)",
-            core.max_train_epochs,
+            options.max_train_epochs,
             total_steps,
         )
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -255,15 +252,15 @@ def _run_length(core: Any, data: TrainingData) -> tuple[int, int]:
 
 
 def _optimizer_and_schedule(
-    core: Any, prepared: PreparedModel, total_steps: int
+    options: TrainOptions, prepared: PreparedModel, total_steps: int
 ) -> tuple[BuiltOptimizer, Any]:
     built = build_optimizer(
         prepared.param_groups,
-        optimizer_type=core.optimizer_type,
-        learning_rate=core.learning_rate,
-        optimizer_args=core.optimizer_args,
+        optimizer_type=options.optimizer_type,
+        learning_rate=options.learning_rate,
+        optimizer_args=options.optimizer_args,
     )
-    scheduler = lr_scheduler_for(built.optimizer, core, total_steps)
+    scheduler = lr_scheduler_for(built.optimizer, options, total_steps)
     return built, scheduler
 
 
@@ -292,7 +289,6 @@ def _metadata(
     epochs: int,
 ) -> dict[str, str]:
     """What every saved weights file records about the run."""
-    core = options.core
     network = prepared.network_type
     return training_metadata(
         options,
@@ -305,7 +301,7 @@ def _metadata(
         max_train_steps=total_steps,
         optimizer_description=built.description,
         network_metadata=(
-            network.metadata(prepared.network_dim or 0, core.network_alpha, prepared.network_args)
+            network.metadata(prepared.network_dim or 0, options.network_alpha, prepared.network_args)
             if network
             else {}
         ),
@@ -318,8 +314,8 @@ def _metadata(
             }
             for d in data.config.datasets
         ],
-        model_name=str(getattr(options, architecture.trained_component, "") or ""),
-        title=core.output_name,
+        model_name=str(architecture.component_path(architecture.trained_component, options) or ""),
+        title=options.output_name,
     )
 
 
@@ -334,6 +330,7 @@ def _run_epochs(session: TrainingSession, progress: Progress) -> None:
         if run.global_step >= run.total_steps:
             return
         run.epoch += 1
+        run.epoch_ends.append(run.global_step)
         run.batches_in_epoch = 0
         _after_epoch(session)
 
@@ -341,7 +338,7 @@ def _run_epochs(session: TrainingSession, progress: Progress) -> None:
 def _run_epoch(session: TrainingSession, progress: Progress) -> None:
     """The epoch's remaining batches: an optimizer step every ``gradient_accumulation_steps`` of them."""
     run, data = session.run, session.data
-    accumulation = session.core.gradient_accumulation_steps
+    accumulation = session.options.gradient_accumulation_steps
     data.sampler.set_epoch(run.epoch, start=run.batches_in_epoch)
     losses: list[float] = []
     for batch in data.loader:
@@ -386,7 +383,7 @@ def _backward(
 
 def _optimizer_step(session: TrainingSession) -> None:
     """Clip, step the optimizer and the schedule, and count the step."""
-    max_grad_norm = session.core.max_grad_norm
+    max_grad_norm = session.options.max_grad_norm
     if max_grad_norm > 0:
         session.accelerator.clip_grad_norm_(session.step_module.parameters(), max_grad_norm)
     session.optimizer.step()
@@ -398,11 +395,12 @@ def _optimizer_step(session: TrainingSession) -> None:
 def _record_step(session: TrainingSession, loss: float, progress: Progress) -> None:
     """Show the step's metrics on the progress bar and tracker, and hand them to plugins and the caller."""
     run = session.run
-    run.losses.append(loss)
     metrics = {"loss": loss, "lr": session.scheduler.get_last_lr()[0], "epoch": run.epoch + 1}
+    run.losses.append(loss)
+    run.learning_rates.append(metrics["lr"])
     run.last_metrics = metrics
     progress.update(metrics)
-    if session.core.logging_dir:
+    if session.options.logging_dir:
         session.accelerator.log({"loss/current": loss, "lr/unet": metrics["lr"]}, step=run.global_step)
     session.plugins.hook.tuner_on_step_end(run=run, step=run.global_step, metrics=metrics)
     if session.on_step is not None:
@@ -411,7 +409,7 @@ def _record_step(session: TrainingSession, loss: float, progress: Progress) -> N
 
 def _after_step(session: TrainingSession) -> None:
     """The saves and samples due after an optimizer step (not the last)."""
-    run, every = session.run, session.core.save_every_n_steps
+    run, every = session.run, session.options.save_every_n_steps
     if every and run.global_step % every == 0:
         session.saver.save(step=run.global_step, epoch=run.epoch + 1)
     session.sampling.maybe_sample(run, step=run.global_step, epoch=None)
@@ -419,7 +417,7 @@ def _after_step(session: TrainingSession) -> None:
 
 def _after_epoch(session: TrainingSession) -> None:
     """The saves and samples due after an epoch (not the last: its weights are the final ones)."""
-    run, every = session.run, session.core.save_every_n_epochs
+    run, every = session.run, session.options.save_every_n_epochs
     if every and run.epoch % every == 0 and run.epoch < session.epochs:
         session.saver.save(epoch=run.epoch)
     session.sampling.maybe_sample(run, step=run.global_step, epoch=run.epoch)
@@ -430,14 +428,19 @@ def _after_epoch(session: TrainingSession) -> None:
 
 def _finish(session: TrainingSession) -> TrainResult:
     """The final weights (and state), the last samples and the loss plot."""
-    run, core = session.run, session.core
+    run, options = session.run, session.options
     final = session.saver.save_final(epoch=min(run.epoch + 1, session.epochs))
     session.sampling.maybe_sample(run, step=run.global_step, epoch=None, final=True)
     plot = None
     if session.accelerator.is_main_process:
         from tuner_core.training.loss_plot import write_loss_plot
 
-        plot = write_loss_plot(core.output_dir / f"{core.output_name}_loss.png", run.losses)
+        plot = write_loss_plot(
+            options.output_dir / f"{options.output_name}_loss.png",
+            run.losses,
+            learning_rates=run.learning_rates,
+            epoch_ends=run.epoch_ends,
+        )
     # Not accelerator.end_training(): it destroys the process group while the DDP-wrapped model still
     # lives, and gloo's teardown then hangs in the reducer's destructor once the model is freed.
     for tracker in session.accelerator.trackers:
@@ -472,5 +475,5 @@ def _loss(
         target=target,
         sigmas=noisy.sigmas,
         batch=batch,
-        options=options.core,
+        options=options,
     )

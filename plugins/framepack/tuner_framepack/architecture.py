@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import torch
 
-from tuner_core import Architecture, CacheRecord, MediaItem, MediaRules, MediaSample, ModelLayout
+from tuner_core import (
+    Architecture,
+    CacheRecord,
+    ConfigError,
+    MediaItem,
+    MediaRules,
+    MediaSample,
+    ModelLayout,
+    SampleRequest,
+    TrainOptions,
+)
 from tuner_core.weights import Transform
 from tuner_framepack import cache_format
 from tuner_framepack.options import (
@@ -60,12 +71,15 @@ class FramePackArchitecture(Architecture):
     )
     cache_version = "1"
     cache_short_name = cache_format.ARCHITECTURE_SHORT
+    can_sample = True
 
     # -- models ------------------------------------------------------------------------------------------
 
     def components(self, command: str, options: Any) -> tuple[str, ...]:
-        if command == "generate" and options.core.save_merged_model is not None:
+        if command == "generate" and options.save_merged_model is not None:
             return ("dit",)  # merging LoRA files into the DiT needs nothing else
+        if command == "generate" and options.latent_path:
+            return ("vae",)  # decoding saved latents needs nothing else
         return {
             "cache-latents": ("vae", "image_encoder"),
             "cache-text": ("text_encoder1", "text_encoder2"),
@@ -108,6 +122,59 @@ class FramePackArchitecture(Architecture):
 
     def sample_components(self, options: Any) -> tuple[str, ...]:
         return ("vae", "text_encoder1", "text_encoder2", "image_encoder")
+
+    # -- generation --------------------------------------------------------------------------------------
+
+    def generation_request(self, options: Any) -> SampleRequest:
+        return attrs.evolve(
+            super().generation_request(options),
+            guidance=options.embedded_cfg_scale,
+            image_path=options.image_path,
+            end_image_path=options.end_image_path,
+            video_seconds=options.video_seconds,
+            video_sections=options.video_sections,
+            flow_shift=options.flow_shift,
+            extra={
+                "latent_window_size": options.latent_window_size,
+                "guidance_rescale": options.guidance_rescale,
+                "sample_solver": options.sample_solver,
+                "f1": options.f1,
+            },
+        )
+
+    def check_request(self, request: SampleRequest, options: Any) -> list[str]:
+        from tuner_framepack.generation.jobs import framepack_job, generation_settings
+
+        try:
+            framepack_job(request, generation_settings(options), training=isinstance(options, TrainOptions))
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
+
+    def sample(
+        self,
+        models: Mapping[str, Any],
+        requests: Sequence[SampleRequest],
+        options: Any,
+        generators: Sequence[torch.Generator],
+    ) -> Iterator[torch.Tensor]:
+        from tuner_framepack.generation.jobs import generation_settings
+        from tuner_framepack.generation.pipeline import generate_latents
+
+        training = isinstance(options, TrainOptions)
+        return generate_latents(models, requests, generators, generation_settings(options), training=training)
+
+    def decode_latents(
+        self,
+        models: Mapping[str, Any],
+        latents: torch.Tensor,
+        options: Any,
+        sink: Callable[[torch.Tensor], None],
+    ) -> None:
+        from tuner_framepack.generation.jobs import generation_settings
+        from tuner_framepack.generation.pipeline import decode_latents
+
+        decode_latents(models["vae"], latents, sink, generation_settings(options))
 
     # -- caching -----------------------------------------------------------------------------------------
 

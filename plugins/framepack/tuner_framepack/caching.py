@@ -17,7 +17,7 @@ from tuner_framepack.sections import clip_sections, plan_sections
 def window_size(item: MediaItem, options: Any) -> int:
     """The item's dataset ``fp_latent_window_size``, else ``--latent_window_size`` (9)."""
     own = getattr(item.dataset_options, "fp_latent_window_size", None)
-    return own if own is not None else options.arch.latent_window_size
+    return own if own is not None else options.latent_window_size
 
 
 def posterior_generator(item: MediaItem, vae: torch.nn.Module) -> torch.Generator:
@@ -40,7 +40,7 @@ def encode_latents(
     """Every section cache of every clip of ``samples`` (the reference's ``fpack_cache_latents.py``)."""
     from tuner_framepack.encoders import encode_image, vae_encode
 
-    if options.arch.one_frame:
+    if options.one_frame:
         raise NotAvailableError("--one_frame caching is not implemented yet in tuner's FramePack plugin")
     vae, image_encoder = models["vae"], models["image_encoder"]
     records = []
@@ -57,7 +57,7 @@ def encode_latents(
         )
         latents = latents[0].float().cpu()
         image_embeddings = encode_image(sample.pixels[0], image_encoder)[0].float().cpu()
-        sections = clip_sections(latents, window, f1=options.arch.f1)
+        sections = clip_sections(latents, window, f1=options.f1)
         records.append([cache_format.section_record(item, s, image_embeddings) for s in sections])
     return records
 

@@ -11,6 +11,7 @@ import torch
 
 from tuner_core import ConfigError, TrainOptions
 from tuner_core.weights import Transform
+from tuner_framepack.options import FramePackCacheLatentsOptions, FramePackTrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,23 @@ COMPONENTS = {
 def option_problems(command: str, components: tuple[str, ...], options: Any) -> list[str]:
     """Pre-flight of FramePack's options: every component ``command`` loads is given; nothing is asked
     for that this plugin cannot do yet."""
-    own = attrs.asdict(options.arch, recurse=False)  # FramePack's options name the components' files
     problems = [
         f"--{name} is required: tuner {command} loads {COMPONENTS[name]} from it"
         for name in components
-        if own.get(name) is None
+        if _path(options, name) is None
     ]
-    if own.get("one_frame"):
+    if isinstance(options, (FramePackCacheLatentsOptions, FramePackTrainOptions)) and options.one_frame:
         problems.append("--one_frame is not available yet in tuner's FramePack plugin; leave it out")
     return problems
 
 
+def _path(options: Any, name: str) -> Path | None:
+    """The file of component ``name``: the option of the same name, when this command has it."""
+    return attrs.asdict(options, recurse=False).get(name)
+
+
 def _required(options: Any, name: str, what: str) -> Path:
-    path = getattr(options, name, None)
+    path = _path(options, name)
     if path is None:
         raise ConfigError(f"--{name} is required for {what}")
     return Path(path)
@@ -61,7 +66,7 @@ def _encoder_dtype(device: torch.device) -> torch.dtype:
 
 def dit_dtype(options: Any) -> torch.dtype | None:
     """bf16 / fp16 weights under that mixed precision (the reference trains the DiT in bf16); else fp32."""
-    precision = options.core.mixed_precision if isinstance(options.core, TrainOptions) else "no"
+    precision = options.mixed_precision if isinstance(options, TrainOptions) else "no"
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
@@ -79,8 +84,8 @@ def load_component(
             _required(options, "dit", "the DiT"),
             device=device,
             dtype=dit_dtype(options),
-            attn_mode=options.core.attn_mode,  # load_dit accepts every alias
-            split_attn=options.core.split_attn,
+            attn_mode=options.attn_mode,  # load_dit accepts every alias
+            split_attn=options.split_attn,
             transform=transform,
         )
     dtype = _encoder_dtype(device)

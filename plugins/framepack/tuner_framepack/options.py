@@ -1,4 +1,8 @@
-"""FramePack's own options per command, and its dataset keys. Names and defaults follow the musubi guide."""
+"""FramePack's options per command, and its dataset keys. Names and defaults follow the musubi guide.
+
+Each command's class subclasses the core's options class of that command, so one typed object carries
+the core's options and FramePack's own.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,21 @@ from pathlib import Path
 
 import attrs
 
-from tuner_core import ConfigError, at_least, option
+from tuner_core import (
+    CacheLatentsOptions,
+    CacheTextOptions,
+    ConfigError,
+    GenerateOptions,
+    TrainOptions,
+    at_least,
+    option,
+)
 
 MODELS, VAE, SECTIONS = "models", "VAE memory", "sections"
 
 
-@attrs.frozen(kw_only=True)
+# Without slots: a mixin with slots cannot be combined with the core's (slotted) options classes.
+@attrs.frozen(kw_only=True, slots=False)
 class VaeMemoryOptions:
     """VAE memory knobs shared by every command that runs the VAE."""
 
@@ -28,7 +41,7 @@ class VaeMemoryOptions:
 
 
 @attrs.frozen(kw_only=True)
-class FramePackCacheLatentsOptions(VaeMemoryOptions):
+class FramePackCacheLatentsOptions(VaeMemoryOptions, CacheLatentsOptions):
     """``tuner cache-latents --arch framepack``."""
 
     vae: Path = option(
@@ -55,7 +68,7 @@ class FramePackCacheLatentsOptions(VaeMemoryOptions):
 
 
 @attrs.frozen(kw_only=True)
-class FramePackCacheTextOptions:
+class FramePackCacheTextOptions(CacheTextOptions):
     """``tuner cache-text --arch framepack``."""
 
     text_encoder1: Path = option(
@@ -74,7 +87,7 @@ class FramePackCacheTextOptions:
 
 
 @attrs.frozen(kw_only=True)
-class FramePackTrainOptions(VaeMemoryOptions):
+class FramePackTrainOptions(VaeMemoryOptions, TrainOptions):
     """``tuner train --arch framepack``. Encoders are needed only for sampling during training."""
 
     dit: Path = option(
@@ -99,7 +112,7 @@ class FramePackTrainOptions(VaeMemoryOptions):
 
 
 @attrs.frozen(kw_only=True)
-class FramePackGenerateOptions(VaeMemoryOptions):
+class FramePackGenerateOptions(VaeMemoryOptions, GenerateOptions):
     """``tuner generate --arch framepack``."""
 
     dit: Path | None = option(None, help="Packed DiT weights.", group=MODELS)
@@ -110,7 +123,11 @@ class FramePackGenerateOptions(VaeMemoryOptions):
     tokenizer1: Path | None = option(None, help="LLaMA tokenizer directory.", group=MODELS)
     tokenizer2: Path | None = option(None, help="CLIP tokenizer directory.", group=MODELS)
     fp8_llm: bool = option(False, help="Run the LLaMA encoder with float8_e4m3fn weights.", group=MODELS)
-    image_path: Path | None = option(None, help="Start image (required to generate).", group=SECTIONS)
+    image_path: str | None = option(
+        None,
+        help='Start image (required to generate); per section: "0:first.png;;;-1:last.png".',
+        group=SECTIONS,
+    )
     end_image_path: Path | None = option(None, help="End image (inverted layout only).", group=SECTIONS)
     video_seconds: float = option(5.0, help="Video length in seconds.", group=SECTIONS, validator=at_least(0))
     video_sections: int | None = option(
@@ -120,11 +137,21 @@ class FramePackGenerateOptions(VaeMemoryOptions):
         9, help="Latent frames per section.", group=SECTIONS, validator=at_least(1)
     )
     embedded_cfg_scale: float = option(10.0, help="Distilled guidance scale.", group=SECTIONS)
-    guidance_rescale: float = option(0.0, help="Rescale of classifier-free guidance.", group=SECTIONS)
+    guidance_rescale: float = option(
+        0.0,
+        help="Rescale of classifier-free guidance, 0 to 1 (acts with --guidance_scale above 1).",
+        group=SECTIONS,
+        validator=at_least(0),
+    )
     flow_shift: float | None = option(
         None, help="Sigma shift (default: resolution-dependent, at most 7).", group=SECTIONS
     )
-    sample_solver: str = option("unipc", help="Sampler.", choices=("unipc",), group=SECTIONS)
+    sample_solver: str = option(
+        "unipc",
+        help="Solver: unipc (FramePack's own, the reference's) or euler (plain flow-matching steps).",
+        choices=("unipc", "euler"),
+        group=SECTIONS,
+    )
     f1: bool = option(False, help="Forward (FramePack-F1) section layout.", group=SECTIONS)
     latent_paddings: str | None = option(None, help='Section paddings, e.g. "3,2,1,0".', group=SECTIONS)
     custom_system_prompt: str | None = option(
@@ -133,13 +160,13 @@ class FramePackGenerateOptions(VaeMemoryOptions):
     bulk_decode: bool = option(False, help="Decode all frames in one VAE call.", group=SECTIONS)
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()  # the core's checks of the generate options
         if self.latent_paddings is not None:
-            try:
-                [int(p) for p in self.latent_paddings.split(",")]
-            except ValueError:
-                raise ConfigError(
-                    f"--latent_paddings must be comma-separated integers, got {self.latent_paddings!r}"
-                ) from None
+            from tuner_framepack.generation.section_count import parse_latent_paddings
+
+            parse_latent_paddings(self.latent_paddings)  # raises the one-line error
+        if self.guidance_rescale > 1:
+            raise ConfigError(f"--guidance_rescale must be between 0 and 1, got {self.guidance_rescale}")
 
 
 @attrs.frozen(kw_only=True)

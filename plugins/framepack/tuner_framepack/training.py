@@ -41,7 +41,7 @@ def predict(
             latents = torch.zeros(b, c, frames, h, w, device=noisy_latents.device)
         history[latent_key] = cast(latents) if latents is not None else None
         history[index_key] = indices
-    guidance = torch.full((b,), float(options.core.guidance_scale) * 1000.0, device=noisy_latents.device)
+    guidance = torch.full((b,), float(options.guidance_scale) * 1000.0, device=noisy_latents.device)
     return model(
         hidden_states=cast(noisy_latents),
         timestep=timesteps,

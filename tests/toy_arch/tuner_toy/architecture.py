@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -76,7 +76,7 @@ class ToyArchitecture(Architecture):
     def load_component(
         self, component: str, options: Any, device: torch.device, transform: Transform | None = None
     ) -> Any:
-        path = getattr(options, component)
+        path = self.component_path(component, options)
         if path is None or not Path(path).is_file():
             raise ModelLoadError(f"--{component}: {path} does not exist")
         state = load_file(str(path))
@@ -98,7 +98,7 @@ class ToyArchitecture(Architecture):
 
     def cache_identity(self, command: str, options: Any) -> str:
         component = "vae" if command == "cache-latents" else "text_encoder"
-        return file_identity(getattr(options, component))
+        return file_identity(self.component_path(component, options))
 
     # -- caching -----------------------------------------------------------------------------------
 
@@ -207,20 +207,31 @@ class ToyArchitecture(Architecture):
     def sample(
         self,
         models: Mapping[str, Any],
-        request: SampleRequest,
+        requests: Sequence[SampleRequest],
         options: Any,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
+        generators: Sequence[torch.Generator],
+    ) -> Iterator[torch.Tensor]:
         dit: ToyDenoiser = models["dit"]
         device = next(dit.parameters()).device
-        text = {k: v[None].to(device) for k, v in models["text_encoder"](request.prompt).items()}
-        frames = max(request.frames, 1)
-        shape = (1, 8, (frames - 1) // TEMPORAL + 1, request.height // SPATIAL, request.width // SPATIAL)
-        x = torch.randn(shape, generator=generator).to(device)
-        sigmas = shift_sigmas(torch.linspace(1.0, 0.0, request.steps + 1), 3.0)
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            t = torch.full((1,), float(sigma) * 1000, device=device)
-            velocity = dit(x, t, text["text"], text["text_mask"], text["pooled"])
-            x = x + (float(sigma_next) - float(sigma)) * velocity
-        video = models["vae"].decode(x[0].float().cpu())  # (F, 3, H, W) in [-1, 1]
-        return ((video + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)
+        for request, generator in zip(requests, generators):
+            text = {k: v[None].to(device) for k, v in models["text_encoder"](request.prompt).items()}
+            frames = max(request.frames, 1)
+            shape = (1, 8, (frames - 1) // TEMPORAL + 1, request.height // SPATIAL, request.width // SPATIAL)
+            x = torch.randn(shape, generator=generator).to(device)
+            sigmas = shift_sigmas(torch.linspace(1.0, 0.0, request.steps + 1), 3.0)
+            for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+                t = torch.full((1,), float(sigma) * 1000, device=device)
+                velocity = dit(x, t, text["text"], text["text_mask"], text["pooled"])
+                x = x + (float(sigma_next) - float(sigma)) * velocity
+            yield x[0].float().cpu()
+
+    @torch.no_grad()
+    def decode_latents(
+        self,
+        models: Mapping[str, Any],
+        latents: torch.Tensor,
+        options: Any,
+        sink: Callable[[torch.Tensor], None],
+    ) -> None:
+        video = models["vae"].decode(latents.float().cpu())  # (F, 3, H, W) in [-1, 1]
+        sink(((video + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3))

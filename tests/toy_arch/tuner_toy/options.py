@@ -6,25 +6,25 @@ from pathlib import Path
 
 import attrs
 
-from tuner_core import option
+from tuner_core import CacheLatentsOptions, CacheTextOptions, GenerateOptions, TrainOptions, option
 
 
 @attrs.frozen(kw_only=True)
-class ToyCacheLatentsOptions:
+class ToyCacheLatentsOptions(CacheLatentsOptions):
     """``tuner cache-latents --arch toy``."""
 
     vae: Path = option(help="Toy autoencoder weights (.safetensors).")
 
 
 @attrs.frozen(kw_only=True)
-class ToyCacheTextOptions:
+class ToyCacheTextOptions(CacheTextOptions):
     """``tuner cache-text --arch toy``."""
 
     text_encoder: Path = option(help="Toy text encoder weights (.safetensors).")
 
 
 @attrs.frozen(kw_only=True)
-class ToyTrainOptions:
+class ToyTrainOptions(TrainOptions):
     """``tuner train --arch toy``."""
 
     dit: Path = option(help="Toy denoiser weights (.safetensors).")
@@ -33,7 +33,7 @@ class ToyTrainOptions:
 
 
 @attrs.frozen(kw_only=True)
-class ToyGenerateOptions:
+class ToyGenerateOptions(GenerateOptions):
     """``tuner generate --arch toy``."""
 
     dit: Path = option(help="Toy denoiser weights.")
