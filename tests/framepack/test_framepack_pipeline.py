@@ -216,7 +216,9 @@ def test_section_caches_put_together_are_the_clip_latents_and_decode_like_it(wor
     )  # within the VAE's own error
 
 
-def test_sampling_during_training_writes_videos_with_the_encoders_loaded_only_then(workspace, cached, tmp_path):
+def test_sampling_during_training_writes_videos_with_the_encoders_loaded_only_then(
+    workspace, cached, tmp_path
+):
     from PIL import Image
 
     start = tmp_path / "start.png"
