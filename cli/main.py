@@ -9,11 +9,12 @@ import argparse
 import difflib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from tuner_cli import convert_lora
 from tuner_cli import parser as options_parser
 from tuner_cli.show_plugins import format_plugins
 from tuner_core.architecture import Architecture
@@ -24,6 +25,9 @@ from tuner_core.memory.apply import unavailable_memory_options
 from tuner_core.memory.strategy_options import strategy_mixins
 from tuner_core.options import option_fields
 from tuner_core.plugins import ENTRY_POINT_GROUP, Plugins, make_plugin_manager
+
+if TYPE_CHECKING:
+    from tuner_core.sampling.request import SampleRequest
 
 log = logging.getLogger("tuner")
 
@@ -52,9 +56,15 @@ def _top_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--output_dir", type=Path, default=None, help="Where to put the demo (default: a temp dir)."
     )
-    demo.add_argument("--arch", default="toy", help="Architecture whose demo to run (default: toy).")
+    demo.add_argument(
+        "--arch", default="framepack", help="Architecture whose demo to run (default: framepack)."
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="A smaller run through the same steps (for tests)."
+    )
     for name, text in COMMAND_HELP.items():
         sub.add_parser(name, help=text + " Needs --arch.", add_help=False)
+    convert_lora.add_parser(sub)
     return top
 
 
@@ -165,10 +175,30 @@ def run_architecture_command(command: str, argv: Sequence[str], plugins: Plugins
     )
     from tuner_core.commands.run import run_command
 
-    result = run_command(command, options, architecture=architecture, plugins=plugins)
+    result = run_command(
+        command, options, architecture=architecture, plugins=plugins, jobs=_typed_jobs(options, architecture)
+    )
     for line in result.summary():
         print(line)
     return 0
+
+
+def _typed_jobs(options: Any, architecture: Architecture) -> Iterator[SampleRequest] | None:
+    """``generate --interactive``: the prompts typed at this terminal, read as the previous video is done.
+
+    The library would report through the log; here the greeting and a skipped line's error go to the
+    user's terminal, with a ``> `` marker before each line is read.
+    """
+    if not getattr(options, "interactive", False) or options.latent_path or options.save_merged_model:
+        return None  # not interactive, or interactive is moot (decoding latents, saving a merged model)
+    from tuner_core.sampling.jobs import interactive_requests
+
+    return interactive_requests(
+        architecture.generation_request(options),
+        sys.stdin,
+        prompt_out=print,
+        ask=lambda marker: print(marker, end="", flush=True),
+    )
 
 
 def _all_option_names(command: str, plugins: Plugins) -> list[str]:
@@ -202,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv == ["--version"]:
         print(_versions())
         return 0
-    if not argv or argv[0] not in {*COMMAND_HELP, "plugins", "demo"}:
+    if not argv or argv[0] not in {*COMMAND_HELP, "plugins", "demo", "convert-lora"}:
         top.parse_args(argv)  # prints usage / errors for unknown commands
         top.print_help()
         return 2
@@ -213,11 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             top.parse_args(argv)
             print(format_plugins(plugins))
             return 0
+        if command == "convert-lora":
+            return convert_lora.run_convert_lora(top.parse_args(argv), plugins)
         if command == "demo":
             args = top.parse_args(argv)
             from tuner_cli.demo import run_demo
 
-            return run_demo(plugins, args.output_dir, args.arch)
+            return run_demo(plugins, args.output_dir, args.arch, quick=args.quick)
         return run_architecture_command(command, rest, plugins)
     except TunerError as exc:
         print(f"tuner {command}: error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from tuner_core.errors import (
 )
 from tuner_core.hookspecs import hookimpl
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
-from tuner_core.network import Network, NetworkType
+from tuner_core.network import ConvertedWeights, Network, NetworkType
 from tuner_core.options import at_least, build_options, option
 from tuner_core.plugins import Plugins, make_plugin_manager
 from tuner_core.sampling.request import SampleRequest
@@ -47,6 +47,7 @@ __all__ = [
     "CacheRecord",
     "CacheTextOptions",
     "Components",
+    "ConvertedWeights",
     "ConfigError",
     "DataError",
     "DatasetConfig",

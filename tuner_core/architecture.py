@@ -67,6 +67,10 @@ class ModelLayout:
     #: Regular expressions (searched in the parameter name) of weights that stay in high precision:
     #: never cast to fp8 or quantised, whatever memory strategy is active.
     keep_high_precision: tuple[str, ...] = ()
+    #: Regular expressions (searched in the parameter name) of the weights ``--fp8_base`` / ``--fp8_scaled``
+    #: store in fp8; empty: every 2-D ``.weight`` inside the ``block_lists`` modules (the reference's rule).
+    #: ``keep_high_precision`` wins over both. Only Linear layers' weights can be quantised.
+    quantise_weights: tuple[str, ...] = ()
     #: Prefix of saved network weight names (``lora_unet_<module_path_with_underscores>``).
     network_prefix: str = "lora_unet"
     #: Most blocks ``--blocks_to_swap`` may move in training and in inference (``None``: no limit declared).
@@ -124,6 +128,12 @@ class Architecture:
         :param transform: rewrite each tensor with it while the weights stream in (memory strategies).
         """
         raise self._not_supported("load_component")
+
+    def skeleton(self) -> nn.Module:
+        """The released denoiser built on the meta device (no weights, no memory), for tools that only need
+        its layer names (``tuner convert-lora``). Architectures whose model needs a checkpoint to be built
+        leave it out; those tools then ask for the checkpoint."""
+        raise self._not_supported("skeleton")
 
     def component_path(self, component: str, options: Any) -> Path | None:
         """The file ``component`` loads from: by default the option of the same name (``--dit``, ``--vae``),
@@ -333,9 +343,15 @@ class Architecture:
 
     # -- demo --------------------------------------------------------------------------------------
 
-    def demo(self, directory: Path) -> Mapping[str, Mapping[str, Any]]:
+    def demo(self, directory: Path, *, quick: bool = False) -> Mapping[str, Mapping[str, Any]]:
         """Create demo assets (a small dataset, weights) in ``directory`` for ``tuner demo``.
 
+        :param quick: a smaller run through the same steps (fewer clips and steps; ``tuner demo --quick``,
+            for tests).
         :return: for each command in :data:`COMMANDS`, the option values to run it with (core and own).
         """
         raise self._not_supported("demo")
+
+    def demo_notes(self) -> list[str]:
+        """Lines ``tuner demo`` prints after its summary: what the outputs show, what to run next."""
+        return []

@@ -33,6 +33,8 @@ class Components(Mapping[str, Any]):
     :param transforms: per component, the memory strategies' tensor rewrite while its weights stream in.
     :param prepare: per component, what to do to it once loaded (merge LoRA files, apply memory
         strategies); returns the component to use.
+    :param load_devices: per component, where its weights are loaded when not on the command's device
+        (block swap loads the denoiser on the CPU; its strategy then places each weight).
     :param hold: keep components loaded when the architecture releases one (``--interactive`` keeps
         every model between typed prompts); :meth:`release` without names still frees everything.
 
@@ -52,6 +54,7 @@ class Components(Mapping[str, Any]):
         transforms: Mapping[str, Transform] | None = None,
         prepare: Mapping[str, Callable[[Any], Any]] | None = None,
         hold: bool = False,
+        load_devices: Mapping[str, torch.device] | None = None,
     ) -> None:
         self._architecture = architecture
         self._plugins = plugins
@@ -65,6 +68,7 @@ class Components(Mapping[str, Any]):
         self.memo: dict[Any, Any] = {}
         self._transforms = dict(transforms or {})
         self._prepare = dict(prepare or {})
+        self._load_devices = dict(load_devices or {})
         self._offloaded: set[str] = set()
         self._hold = hold
         self._names = tuple(dict.fromkeys([*self._loaded, *names]))
@@ -82,7 +86,7 @@ class Components(Mapping[str, Any]):
                 architecture=self._architecture,
                 component=name,
                 options=self._options,
-                device=device or self._device,
+                device=device or self._load_devices.get(name, self._device),
                 transform=self._transforms.get(name),
             )
             if name in self._prepare:
@@ -98,10 +102,14 @@ class Components(Mapping[str, Any]):
         """
         if names and self._hold:
             return
+        released = False
         for name in names or tuple(self._loaded):
             self._offloaded.discard(name)
             if name not in self._kept and self._loaded.pop(name, None) is not None:
                 log.debug("released %s", name)
+                released = True
+        if not released:
+            return  # a full collection costs up to a second in a big process: only when memory came free
         gc.collect()  # the last references may sit in reference cycles (modules and their hooks)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -36,6 +36,10 @@ for _hook, _method in hookspecs.ARCHITECTURE_METHODS.items():
 @hookimpl
 def tuner_register_memory_strategies(register: Callable[[object], None]) -> None:
     """The core's own memory strategies."""
+    from tuner_core.memory.block_swap import BlockSwap
     from tuner_core.memory.checkpointing import GradientCheckpointing
+    from tuner_core.memory.fp8 import Fp8Weights
 
     register(GradientCheckpointing())
+    register(BlockSwap())
+    register(Fp8Weights())

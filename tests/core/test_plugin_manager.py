@@ -159,7 +159,8 @@ def test_registering_plugin_that_raises_is_isolated(caplog):
 def test_plugins_pickle_as_the_call_that_made_them():
     plugins = make_plugin_manager(only=["lora"], plugins={"a": ArchPlugin()})
     again = pickle.loads(pickle.dumps(plugins))
-    assert again is not plugins and again.networks().names() == ["lora"]
+    assert again is not plugins and again.networks().names() == plugins.networks().names()
+    assert "lora" in again.networks()
     assert again.architectures().names() == ["tiny"] and again.architectures().owner("tiny") == "a"
     with pytest.raises(TypeError, match="make_plugin_manager"):
         pickle.dumps(Plugins(plugins.manager))

@@ -35,7 +35,7 @@ def test_the_documented_skeleton_caches_and_trains(tmp_path):
     dataset = make_sample_dataset(tmp_path / "data", videos=4, frames=9, size=32)
 
     def run(command, values):
-        options = build_command_options(command, architecture, values, {}, None)
+        options = build_command_options(command, architecture, values, {}, None, plugins.memory_strategies())
         return run_command(command, options, architecture=architecture, plugins=plugins)
 
     assert run("cache-latents", {"dataset_config": dataset}).counts["encoded"] == 4

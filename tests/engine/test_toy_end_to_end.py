@@ -226,15 +226,33 @@ def test_mismatched_text_cache_is_skipped(toy, tmp_path, caplog):
 def test_memory_options_without_a_strategy_are_refused_not_ignored(toy, tmp_path):
     from tuner_core import NotAvailableError
 
-    base = {
-        "dit": toy.dit,
-        "vae": toy.vae,
-        "text_encoder": toy.text_encoder,
-        "prompt": "x",
-        "save_path": tmp_path,
-    }
-    with pytest.raises(NotAvailableError, match="--fp8_scaled"):
-        run("generate", {**base, "fp8_scaled": True})
     with pytest.raises(NotAvailableError, match="--blocks_to_swap"):
         run("train", train_values(toy, tmp_path / "out", blocks_to_swap=2))
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_fp8_scaled_acts_on_the_toy_through_its_layout(toy, tmp_path):
+    """The core's fp8 strategy needs nothing from an architecture but its layout (the toy's blocks)."""
+    base = {"dit": toy.dit, "vae": toy.vae, "text_encoder": toy.text_encoder, "prompt": "x", "seed": 1}
+    plain = run("generate", {**base, "save_path": tmp_path / "plain", "output_type": "latent"})
+    fp8 = run(
+        "generate", {**base, "save_path": tmp_path / "fp8", "output_type": "latent", "fp8_scaled": True}
+    )
+    (a,), (b,) = plain.outputs["latent"], fp8.outputs["latent"]
+    a, b = load_file(str(a))["latent"], load_file(str(b))["latent"]
+    assert (
+        not torch.equal(a, b)
+        and torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    )
+
+
+def test_toy_demo_stays_available_with_arch_toy(tmp_path, capsys):
+    out = cli(capsys, "demo", "--arch", "toy", "--quick", "--output_dir", tmp_path)
+    summary = out.split("What the demo made:", 1)[1]
+    for kind, path in (
+        ("video", "generated"),
+        ("weights", "output/toy.safetensors"),
+        ("loss plot", "output"),
+    ):
+        assert f"  {kind}" in summary and str(tmp_path / path) in summary
+    assert "first loss" in out and "test-suite's small flow-matching model" in summary

@@ -10,19 +10,23 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from tuner_core.architecture import Architecture
+from tuner_core.commands import own_option_names
 from tuner_core.commands.cache_run import resolve_device
 from tuner_core.commands.network_merge import merge_networks, save_merged_model
 from tuner_core.commands.result import CommandResult
 from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
+from tuner_core.errors import ConfigError
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
+from tuner_core.options import coerce, option_fields
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.jobs import interactive_requests, read_prompt_jobs
 from tuner_core.sampling.outputs import generation_metadata, read_latent_file, write_generated
@@ -58,7 +62,9 @@ def run_generate(
         if jobs is None and options.interactive:
             jobs = interactive_requests(base, sys.stdin, prompt_out=log.warning)
         if jobs is not None:  # one job at a time, as it is typed
-            batches: Iterable[Sequence[SampleRequest]] = ([job] for job in jobs)
+            batches: Iterable[Sequence[SampleRequest]] = (
+                [job] for job in _checked(jobs, options, architecture)
+            )
         elif options.from_file is not None:
             batches = [read_prompt_jobs(options.from_file, base)]
         else:
@@ -72,6 +78,22 @@ def run_generate(
         models.release()
     counts = {"seed": seeds[0]} if len(seeds) == 1 else {"videos": len(seeds)}
     return CommandResult("generate", outputs, counts)
+
+
+def _checked(
+    jobs: Iterable[SampleRequest], options: GenerateOptions, architecture: Architecture
+) -> Iterator[SampleRequest]:
+    """The jobs that pass the architecture's checks; each other one is logged and skipped.
+
+    Typed jobs miss the pre-flight, which sees only the command line; checked here, a typo (a missing
+    image, a size the model cannot make) costs one line instead of the session and its loaded models.
+    """
+    for job in jobs:
+        problems = architecture.check_request(job, options)
+        if problems:
+            log.error("prompt skipped: %s", "; ".join(problems))
+            continue
+        yield job
 
 
 def _components(
@@ -100,6 +122,8 @@ def _components(
         transforms={denoiser: load_transform(architecture.layout, settings, plugins)},
         prepare={denoiser: prepare},
         hold=hold,
+        # Block swap places each weight itself: the denoiser loads on the CPU, never whole on the GPU.
+        load_devices={denoiser: torch.device("cpu")} if settings.blocks_to_swap > 0 else None,
     )
 
 
@@ -146,28 +170,71 @@ def _decode_latent_files(
 ) -> CommandResult:
     """``--latent_path``: decode saved latents into videos (or images) without the denoiser or encoders."""
     outputs: dict[str, list[Path]] = {}
-    output_type = options.output_type if options.output_type in ("video", "images") else "video"
+    # Pixels only: the latents are already saved. Images for the types that write images, else a video.
+    output_type = "images" if options.output_type in ("images", "latent_images") else "video"
     for path in options.latent_path:
         saved = read_latent_file(path)
         stem = _free_stem(options.save_path, path.name.removesuffix(".safetensors").removesuffix("_latent"))
         metadata = None if options.no_metadata else saved.metadata
-        fps = float(saved.metadata.get("fps", options.fps))
+        file_options = _recorded_settings(options, saved.metadata, path)
         with torch.no_grad():
             written = write_generated(
                 saved.latents,
                 architecture=architecture,
                 plugins=plugins,
                 models=models,
-                options=options,
+                options=file_options,
                 directory=options.save_path,
                 stem=stem,
                 output_type=output_type,
-                fps=fps,
+                fps=file_options.fps,
                 metadata=metadata,
             )
         for kind, paths in written.items():
             outputs.setdefault(kind, []).extend(paths)
     return CommandResult("generate", outputs, {"decoded": len(options.latent_path)})
+
+
+def _recorded_settings(options: GenerateOptions, metadata: Mapping[str, str], path: Path) -> GenerateOptions:
+    """``options`` with the settings a latent file records wherever the command line left the default.
+
+    A latent video decodes right only with some of the settings it was generated with (FramePack's
+    ``--latent_window_size`` fixes its decode chunks), and the reference takes ``--fps`` from the file as
+    well; the file records them, so the user need not repeat them. Considered are ``--fps`` and the
+    architecture's own options; one given a value other than its default on the command line wins, and
+    a recorded value that does not convert or validate is left out.
+    """
+    cls = type(options)
+    names = own_option_names(cls, GenerateOptions) | {"fps"}
+    changes = {}
+    for field in option_fields(cls):
+        text = metadata.get(field.name)
+        if field.name not in names or text is None or getattr(options, field.name) != _default(field):
+            continue
+        try:
+            value = coerce(text, field.type, from_text=True)
+        except (TypeError, ValueError):
+            continue
+        if value != getattr(options, field.name):
+            changes[field.name] = value
+    if not changes:
+        return options
+    try:
+        updated = attrs.evolve(options, **changes)
+    except (ConfigError, TypeError, ValueError) as exc:
+        log.warning(
+            "%s: its recorded settings do not fit these options (%s); decoding without them", path, exc
+        )
+        return options
+    log.info(
+        "%s: decoding with its recorded %s", path.name, ", ".join(f"{k}={v}" for k, v in changes.items())
+    )
+    return updated
+
+
+def _default(field: attrs.Attribute) -> Any:
+    default = field.default
+    return default.factory() if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
 
 
 def _free_stem(directory: Path, stem: str) -> str:

@@ -26,6 +26,7 @@ from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
+from tuner_core.memory.block_swap import check_block_swap_device
 from tuner_core.network import NetworkType
 from tuner_core.options import meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
@@ -175,6 +176,7 @@ def _memory(
             f"swap {'in training' if training else 'in inference'} ({limit}); give at most {limit}"
         )
     problems.collect(lambda: check_memory_options(settings, plugins))
+    problems.collect(lambda: check_block_swap_device(settings))
 
 
 def _train(options: TrainOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:
@@ -248,7 +250,7 @@ def _generate(
         if not options.latent_path and architecture.can_sample:
             _jobs(options, architecture, problems)
         _memory(options, architecture, plugins, problems, training=False)
-    for message in network_file_problems(options, plugins):
+    for message in network_file_problems(options, plugins, architecture):
         problems.add(message)
 
 

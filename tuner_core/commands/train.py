@@ -9,7 +9,7 @@ from tuner_core.plugins import Plugins
 
 
 def run_train(options: TrainOptions, *, architecture: Architecture, plugins: Plugins) -> CommandResult:
-    """Train and report the written weights, state, loss plot and samples."""
+    """Train and report the written weights, state, loss plot and samples, and the first and last loss."""
     from tuner_core.training.trainer import train
 
     result = train(options, architecture=architecture, plugins=plugins)
@@ -19,8 +19,7 @@ def run_train(options: TrainOptions, *, architecture: Architecture, plugins: Plu
         "loss plot": [p for p in (result.loss_plot,) if p is not None],
         "samples": list(result.samples),
     }
-    return CommandResult(
-        "train",
-        {k: v for k, v in outputs.items() if v},
-        {"steps": result.global_step, "epochs": result.epochs},
-    )
+    counts: dict[str, int | float] = {"steps": result.global_step, "epochs": result.epochs}
+    if result.losses:
+        counts |= {"first loss": result.losses[0], "last loss": result.losses[-1]}
+    return CommandResult("train", {k: v for k, v in outputs.items() if v}, counts)

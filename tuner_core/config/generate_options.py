@@ -19,7 +19,11 @@ OUTPUT_TYPES = ("video", "images", "latent", "both", "latent_images")
 class GenerateOptions:
     """Everything ``tuner generate`` needs besides the architecture's own options."""
 
-    prompt: str | None = option(None, help="Text prompt.", group=PROMPT)
+    prompt: str | None = option(
+        None,
+        help="Text prompt (required unless --from_file, --interactive or --latent_path is given).",
+        group=PROMPT,
+    )
     from_file: Path | None = option(
         None,
         help="Generate one video per line of this text file (prompt plus inline switches such as --w 640 "
@@ -103,10 +107,28 @@ class GenerateOptions:
         group=OUTPUT,
         output="directory",
     )
-    output_type: str = option("video", help="What to write.", choices=OUTPUT_TYPES, group=OUTPUT)
-    no_metadata: bool = option(False, help="Do not write generation settings into outputs.", group=OUTPUT)
+    output_type: str = option(
+        "video",
+        help="What to write: video (<time>_<seed>.mp4), images (a <time>_<seed>/ folder of PNGs), latent "
+        "(<time>_<seed>_latent.safetensors, for --latent_path), both (latent and video), latent_images "
+        "(latent and images).",
+        choices=OUTPUT_TYPES,
+        group=OUTPUT,
+    )
+    no_metadata: bool = option(
+        False,
+        help="Do not write the generation settings into the outputs (latent file header, video comment, "
+        "PNG text).",
+        group=OUTPUT,
+    )
     latent_path: list[Path] = option(
-        factory=list, help="Decode these saved latent files instead of generating.", nargs="*", group=OUTPUT
+        factory=list,
+        help="Decode these saved latent files (from --output_type latent, both or latent_images) into a "
+        "video each (images with --output_type images or latent_images) instead of generating; needs only the VAE. The "
+        "settings a file records (--fps and the architecture's, such as a window size) are used unless "
+        "given here.",
+        nargs="*",
+        group=OUTPUT,
     )
 
     def __attrs_post_init__(self) -> None:

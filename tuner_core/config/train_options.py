@@ -180,10 +180,29 @@ class TrainOptions:
     )
     network_dropout: float | None = option(None, help="Dropout of network neurons.", group=NETWORK)
     network_args: list[str] = option(
-        factory=list, help="Network arguments as key=value.", nargs="*", group=NETWORK
+        factory=list,
+        help="Network arguments as key=value: for lora conv_dim, conv_alpha, rank_dropout, module_dropout, "
+        "include_patterns, exclude_patterns, loraplus_lr_ratio, verbose; for lycoris.kohya also algo "
+        "(lora, loha, lokr, full, dylora, glora, diag-oft, boft, ia3), preset, factor, dropout, ...",
+        nargs="*",
+        group=NETWORK,
     )
     network_weights: Path | None = option(None, help="Start from these network weights.", group=NETWORK)
-    dim_from_weights: bool = option(False, help="Take the rank from --network_weights.", group=NETWORK)
+    dim_from_weights: bool = option(
+        False, help="Take each module's rank (and alpha) from --network_weights.", group=NETWORK
+    )
+    scale_weight_norms: float | None = option(
+        None,
+        help="After each optimizer step, scale down network updates whose norm exceeds this (1 is a good start).",
+        group=NETWORK,
+        validator=at_least(0),
+    )
+    base_weights: list[Path] = option(
+        factory=list, help="Network files merged into the model before training.", nargs="*", group=NETWORK
+    )
+    base_weights_multiplier: list[float] = option(
+        factory=list, help="Multiplier per --base_weights file (default 1.0 each).", nargs="*", group=NETWORK
+    )
 
     # -- saving and resuming ---------------------------------------------------------------------------------
     output_dir: Path = option(

@@ -12,7 +12,7 @@ from tuner_core.media.video import (
     probe_video,
     read_frames,
 )
-from tuner_core.media.write import VideoStream, write_video
+from tuner_core.media.write import VideoStream, write_image, write_video
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -30,5 +30,6 @@ __all__ = [
     "probe_video",
     "read_frames",
     "resize_to_cover",
+    "write_image",
     "write_video",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import attrs
 import torch
@@ -14,7 +15,8 @@ from tuner_core.memory.blocks import install_block_hooks
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.memory.strategy_options import strategy_settings
 from tuner_core.plugins import Plugins
-from tuner_core.weights.stream import Transform
+from tuner_core.weights.reader import TensorInfo
+from tuner_core.weights.stream import StoredPlan, Transform
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +31,52 @@ def _enabled(plugins: Plugins, settings: MemorySettings) -> list[tuple[MemoryStr
     return sorted(chosen, key=lambda pair: pair[0].order)
 
 
+class StrategyTransform:
+    """The enabled strategies' tensor rewrites chained in ``order``: a :data:`Transform` with ``plan``.
+
+    Made once per load by :func:`load_transform`; the loader calls :meth:`plan` with the checkpoint's
+    header first, then the object itself on every tensor.
+    """
+
+    def __init__(self, layout: ModelLayout, chosen: list[tuple[MemoryStrategy, MemorySettings]]) -> None:
+        self._layout = layout
+        self._chosen = chosen
+
+    def plan(self, stored: Mapping[str, TensorInfo]) -> StoredPlan:
+        """What the strategies take from this checkpoint beyond the model's tensors (their union)."""
+        extra: set[str] = set()
+        uncast: set[str] = set()
+        for strategy, own in self._chosen:
+            planned = strategy.plan_load(stored, self._layout, own)
+            if planned is not None:
+                extra |= planned.extra
+                uncast |= planned.uncast
+        return StoredPlan(frozenset(extra), frozenset(uncast))
+
+    def __call__(self, key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every strategy's ``transform_tensor`` in turn, each on all the previous one's outputs."""
+        outputs = {key: tensor}
+        for strategy, own in self._chosen:
+            outputs = {
+                name: rewritten
+                for k, t in outputs.items()
+                for name, rewritten in strategy.transform_tensor(k, t, self._layout, own).items()
+            }
+        return outputs
+
+
 def load_transform(layout: ModelLayout, settings: MemorySettings, plugins: Plugins) -> Transform | None:
     """The enabled strategies' tensor rewrites, chained in ``order``, for a loader to apply while the
-    weights stream in (``None`` when no enabled strategy rewrites tensors)."""
+    weights stream in (``None`` when no enabled strategy rewrites tensors or plans loads)."""
     rewriting = [
         (s, own)
         for s, own in _enabled(plugins, settings)
         if type(s).transform_tensor is not MemoryStrategy.transform_tensor
+        or type(s).plan_load is not MemoryStrategy.plan_load
     ]
     if not rewriting:
         return None
-
-    def transform(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = {key: tensor}
-        for strategy, own in rewriting:
-            outputs = {
-                name: rewritten
-                for k, t in outputs.items()
-                for name, rewritten in strategy.transform_tensor(k, t, layout, own).items()
-            }
-        return outputs
-
-    return transform
+    return StrategyTransform(layout, rewriting)
 
 
 def apply_memory_strategies(
@@ -73,6 +99,8 @@ _STRATEGY_OPTIONS: dict[str, dict[str, object]] = {
     "fp8_scaled": {"fp8_base": True, "fp8_scaled": True},
     "blocks_to_swap": {"blocks_to_swap": 1},
     "use_pinned_memory_for_block_swap": {"blocks_to_swap": 1, "use_pinned_memory_for_block_swap": True},
+    "gradient_checkpointing": {"gradient_checkpointing": True},
+    "gradient_checkpointing_cpu_offload": {"gradient_checkpointing_cpu_offload": True},
 }
 
 
@@ -95,6 +123,11 @@ def check_memory_options(settings: MemorySettings, plugins: Plugins) -> None:
         "--fp8_base / --fp8": ("fp8_base", settings.fp8_base),
         "--fp8_scaled": ("fp8_scaled", settings.fp8_scaled),
         "--blocks_to_swap": ("blocks_to_swap", settings.blocks_to_swap > 0),
+        "--gradient_checkpointing": ("gradient_checkpointing", settings.gradient_checkpointing),
+        "--gradient_checkpointing_cpu_offload": (
+            "gradient_checkpointing_cpu_offload",
+            settings.gradient_checkpointing_cpu_offload,
+        ),
     }
     missing = unavailable_memory_options(plugins, training=settings.training)
     for flag, (name, wanted) in asked.items():

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tuner_core.architecture import ModelLayout
+    from tuner_core.weights.reader import TensorInfo
+    from tuner_core.weights.stream import StoredPlan
 
 
 @attrs.frozen
@@ -66,6 +68,18 @@ class MemoryStrategy:
     ) -> Mapping[str, torch.Tensor]:
         """Rewrite one loaded tensor; may return extra entries (for example a scale). Identity by default."""
         return {key: tensor}
+
+    def plan_load(
+        self, stored: Mapping[str, TensorInfo], layout: ModelLayout, settings: MemorySettings
+    ) -> StoredPlan | None:
+        """Look at a checkpoint's tensor names, shapes and dtypes once, before any tensor is read.
+
+        Return which stored tensors :meth:`transform_tensor` takes that the model does not declare, and
+        which it receives in their stored dtype (a checkpoint already in fp8 is used as it is), or
+        ``None`` for nothing special. Raise :class:`~tuner_core.errors.ModelLoadError` to refuse the
+        checkpoint with a message that says why.
+        """
+        return None
 
     def before_block(self, index: int, block: nn.Module, *, backward: bool) -> None:
         """Called before declared block ``index`` runs its forward, or its backward (``backward=True``).

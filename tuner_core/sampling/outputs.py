@@ -34,7 +34,9 @@ __all__ = ["LATENT_KEY", "generation_metadata", "read_latent_file", "read_latent
 def generation_metadata(request: SampleRequest, seed: int, fps: float) -> dict[str, str]:
     """The settings of one generated video as text, under the reference's latent-file keys.
 
-    Every set field of the request is included; architecture settings come from ``request.extra``.
+    Every set field of the request is included; architecture settings come from ``request.extra``. Of
+    ``video_seconds`` and ``video_sections`` only the one that fixed the length is written: the sections
+    when given (they override the seconds), so the file never states a length the video does not have.
     """
     values: dict[str, Any] = {
         "seeds": seed,
@@ -48,7 +50,7 @@ def generation_metadata(request: SampleRequest, seed: int, fps: float) -> dict[s
     optional = {
         "negative_prompt": request.negative_prompt,
         "embedded_cfg_scale": request.guidance,
-        "video_seconds": request.video_seconds,
+        "video_seconds": request.video_seconds if request.video_sections is None else None,
         "video_sections": request.video_sections,
         "flow_shift": request.flow_shift,
         "image_path": request.image_path,

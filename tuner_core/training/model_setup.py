@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from tuner_core.architecture import Architecture
+from tuner_core.architecture import Architecture, ModelLayout
 from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.config.train_options import TrainOptions
@@ -115,13 +117,71 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
     )
 
 
-def _dim_from_weights(weights: Mapping[str, torch.Tensor]) -> int:
+def _saved_rank(weights: Mapping[str, torch.Tensor], default: int) -> int:
+    """The rank recorded for ``--dim_from_weights``: the first ``lora_down``'s (modules may differ)."""
     for key, tensor in weights.items():
         if key.endswith("lora_down.weight"):
             return int(tensor.shape[0])
-    raise ConfigError(
-        "--dim_from_weights: --network_weights holds no lora_down weights to read the rank from"
-    )
+    return default
+
+
+def read_network_file(path: Path, network_type: NetworkType, layout: ModelLayout) -> dict[str, torch.Tensor]:
+    """A network file's tensors under the names ``network_type`` saves (other layouts converted)."""
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    weights = network_type.normalize_weights(layout, load_file(str(path)), metadata)
+    return {k: v for k, v in weights.items() if v is not None}
+
+
+def merge_base_weights(model: nn.Module, options: Any, architecture: Architecture, plugins: Plugins) -> None:
+    """``--base_weights``: merge each file into the model before the network is created, as the reference
+    does, with its ``--base_weights_multiplier`` (1.0 for a file without one), through the installed network
+    type that recognises the file's tensors."""
+    layout = architecture.layout
+    for index, path in enumerate(options.base_weights):
+        multipliers = options.base_weights_multiplier
+        multiplier = multipliers[index] if index < len(multipliers) else 1.0
+        with safe_open(str(path), "pt") as handle:
+            keys = set(handle.keys())
+        network_type = next((n for n in plugins.networks() if n.can_load(keys)), None)
+        if network_type is None:
+            raise ConfigError(
+                f"--base_weights {path}: no installed network type ({', '.join(plugins.networks().names())}) "
+                f"recognises its tensors (e.g. {', '.join(sorted(keys)[:2]) or 'none'})"
+            )
+        weights = read_network_file(path, network_type, layout)
+        unused = network_type.merge_into(model, layout, weights, multiplier)
+        if weights and len(unused) == len(weights):
+            raise ConfigError(
+                f"--base_weights {path}: none of its {len(weights)} tensors matches a layer of this "
+                f"--arch {architecture.name} model (e.g. {unused[0]})"
+            )
+        if unused:
+            log.warning(
+                "%s: %d tensors matched no layer of the model (e.g. %s)", path.name, len(unused), unused[0]
+            )
+        log.info(
+            "--base_weights: merged %s (%s) with multiplier %g", path.name, network_type.name, multiplier
+        )
+
+
+def _create_network(
+    options: Any, model: nn.Module, layout: ModelLayout, network_type: NetworkType, args: dict[str, Any]
+) -> tuple[Network, dict[str, torch.Tensor] | None, int]:
+    """The network to train, the ``--network_weights`` to start it from (or ``None``) and its rank."""
+    initial = None
+    if options.network_weights is not None:
+        if not options.network_weights.is_file():
+            raise ConfigError(f"--network_weights {options.network_weights} does not exist")
+        initial = read_network_file(options.network_weights, network_type, layout)
+    dim = options.network_dim or DEFAULT_NETWORK_DIM
+    common = {"alpha": options.network_alpha, "dropout": options.network_dropout, "args": args}
+    if options.dim_from_weights:
+        if initial is None:
+            raise ConfigError("--dim_from_weights needs --network_weights")
+        network = network_type.create_from_weights(model, layout, initial, **common)
+        return network, initial, _saved_rank(initial, dim)
+    return network_type.create(model, layout, dim=dim, **common), initial, dim
 
 
 def prepare_model(
@@ -131,9 +191,13 @@ def prepare_model(
     settings = memory_settings(options, training=True)
     name = architecture.trained_component
     transforms = {name: load_transform(architecture.layout, settings, plugins)}
+    # Block swap places each weight itself: the model loads on the CPU and never sits whole on the GPU.
+    load_devices = {name: torch.device("cpu")} if settings.blocks_to_swap > 0 else None
     model: nn.Module = Components(
-        architecture, plugins, options, device, (name,), transforms=transforms
+        architecture, plugins, options, device, (name,), transforms=transforms, load_devices=load_devices
     ).load(name)
+    if options.base_weights:
+        merge_base_weights(model, options, architecture, plugins)
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
 
@@ -147,30 +211,15 @@ def prepare_model(
 
     network_type = plugins.network(options.network_module)
     args = parse_optimizer_args(options.network_args) if options.network_args else {}
-    initial = None
-    if options.network_weights is not None:
-        if not options.network_weights.is_file():
-            raise ConfigError(f"--network_weights {options.network_weights} does not exist")
-        initial = load_file(str(options.network_weights))
-    dim = options.network_dim or DEFAULT_NETWORK_DIM
-    if options.dim_from_weights:
-        if initial is None:
-            raise ConfigError("--dim_from_weights needs --network_weights")
-        dim = _dim_from_weights(initial)
     model.requires_grad_(False)
-    network: Network = network_type.create(
-        model,
-        architecture.layout,
-        dim=dim,
-        alpha=options.network_alpha,
-        dropout=options.network_dropout,
-        args=args,
-    )
+    network, initial, dim = _create_network(options, model, architecture.layout, network_type, args)
     if initial is not None:
         network.load_adapter_state_dict(initial)
         log.info("network weights loaded from %s", options.network_weights)
     network.apply_to(model)
-    network.set_gradient_checkpointing(settings.gradient_checkpointing)
+    network.set_gradient_checkpointing(
+        settings.gradient_checkpointing or settings.gradient_checkpointing_cpu_offload
+    )
     if not isinstance(network, nn.Module):
         raise ConfigError(f"network type {network_type.name!r} did not return a torch module")
     network.to(device)

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from tuner_core.architecture import Architecture
 from tuner_core.components import Components
+from tuner_core.memory.block_swap import switch_to_inference, switch_to_training
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.outputs import generation_metadata, write_generated
 from tuner_core.sampling.prompts import read_prompt_file
@@ -98,6 +99,7 @@ class TrainingSamples:
         model = self.prepared.step.model
         was_training = model.training
         model.eval()
+        switch_to_inference(model)  # block swap: the forward-only schedule while sampling
         # The encoders load when the sampler first reads them and are freed after this round.
         models = Components(
             self.architecture,
@@ -143,6 +145,7 @@ class TrainingSamples:
             return paths
         finally:
             models.release()
+            switch_to_training(model)
             model.train(was_training)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:

@@ -19,7 +19,7 @@ from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError
 from tuner_core.plugins import Plugins
 from tuner_core.training import saved_files
-from tuner_core.training.metadata import model_hashes, progress_metadata
+from tuner_core.training.metadata import progress_metadata, with_hashes
 from tuner_core.training.model_setup import PreparedModel
 from tuner_core.training.resume import (
     SEED_KEY,
@@ -109,9 +109,10 @@ class Saver:
         if not self.accelerator.is_main_process:
             return None
         path = self.options.output_dir / name
-        meta = {**self.metadata, **progress_metadata(epoch=epoch, steps=steps, finished=finished)}
-        if self.prepared.network_type is not None and not self.options.no_metadata:
-            meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors)
+        progress = progress_metadata(epoch=epoch, steps=steps, finished=finished)
+        meta = {**self.metadata, **({} if self.options.no_metadata else progress)}  # the reference's minimum
+        if self.prepared.network_type is not None:  # as the reference: every network file, as saved
+            meta = with_hashes(meta, tensors, self.options.save_precision)
         saved_files.save_weights(path, tensors, meta, self.options.save_precision)
         self.plugins.hook.tuner_on_save(run=self.run, path=path, kind="weights")
         log.info("saved %s", path)

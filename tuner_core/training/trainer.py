@@ -43,6 +43,7 @@ from tuner_core.training.cached_data import (
     stack_batch,
 )
 from tuner_core.training.lr_schedulers import check_lr_options, lr_scheduler_for
+from tuner_core.training.max_norm import scale_weight_norms
 from tuner_core.training.metadata import training_metadata
 from tuner_core.training.model_setup import PreparedModel, prepare_model
 from tuner_core.training.optimizers import BuiltOptimizer, build_optimizer
@@ -66,6 +67,8 @@ class TrainResult:
     samples: list[Path]
     global_step: int
     epochs: int
+    #: The mean loss of every optimizer step, from step 1 (kept across a resume).
+    losses: tuple[float, ...] = ()
 
 
 @attrs.frozen
@@ -98,6 +101,8 @@ class TrainingSession:
     saver: Saver
     sampling: TrainingSamples
     on_step: Callable[[TrainingRun], None] | None = None
+    #: Figures of the last optimizer step beyond loss and lr (``--scale_weight_norms``'s max-norm figures).
+    step_figures: dict[str, float] = attrs.field(factory=dict)
 
 
 def train(
@@ -149,7 +154,9 @@ def _setup(
 
     prepared = prepare_model(options, architecture, plugins, accelerator.device)
     built, scheduler = _optimizer_and_schedule(options, prepared, total_steps)
-    step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer)
+    # A block-swapped model is placed by its strategy; accelerate moving it whole would undo that.
+    placement = [options.blocks_to_swap == 0, True]
+    step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer, device_placement=placement)
     run = TrainingRun(
         options=options,
         architecture=architecture,
@@ -387,6 +394,9 @@ def _optimizer_step(session: TrainingSession) -> None:
     if max_grad_norm > 0:
         session.accelerator.clip_grad_norm_(session.step_module.parameters(), max_grad_norm)
     session.optimizer.step()
+    if session.options.scale_weight_norms:
+        max_norm = session.options.scale_weight_norms
+        session.step_figures = scale_weight_norms(session.step_module, max_norm, session.accelerator)
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     session.run.global_step += 1
@@ -396,12 +406,14 @@ def _record_step(session: TrainingSession, loss: float, progress: Progress) -> N
     """Show the step's metrics on the progress bar and tracker, and hand them to plugins and the caller."""
     run = session.run
     metrics = {"loss": loss, "lr": session.scheduler.get_last_lr()[0], "epoch": run.epoch + 1}
+    metrics.update(session.step_figures)
     run.losses.append(loss)
     run.learning_rates.append(metrics["lr"])
     run.last_metrics = metrics
     progress.update(metrics)
     if session.options.logging_dir:
-        session.accelerator.log({"loss/current": loss, "lr/unet": metrics["lr"]}, step=run.global_step)
+        logs = {"loss/current": loss, "lr/unet": metrics["lr"], **session.step_figures}
+        session.accelerator.log(logs, step=run.global_step)
     session.plugins.hook.tuner_on_step_end(run=run, step=run.global_step, metrics=metrics)
     if session.on_step is not None:
         session.on_step(run)
@@ -446,7 +458,13 @@ def _finish(session: TrainingSession) -> TrainResult:
     for tracker in session.accelerator.trackers:
         tracker.finish()
     return TrainResult(
-        final.weights, final.state, plot, list(session.sampling.written), run.global_step, session.epochs
+        final.weights,
+        final.state,
+        plot,
+        list(session.sampling.written),
+        run.global_step,
+        session.epochs,
+        tuple(run.losses),
     )
 
 

@@ -12,6 +12,7 @@ Typical use::
 from tuner_core.atomic import atomic_write
 from tuner_core.cache.store import file_identity
 from tuner_core.weights.files import CheckpointFiles, resolve_checkpoint, shard_files
+from tuner_core.weights.layers import checkpoint_layer_paths, layer_paths
 from tuner_core.weights.reader import (
     SafetensorsSource,
     StateDictSource,
@@ -22,19 +23,22 @@ from tuner_core.weights.reader import (
 )
 from tuner_core.weights.save import save_json, save_safetensors, save_sharded_safetensors
 from tuner_core.weights.sniff import describe_start, not_a_checkpoint, sniff_format
-from tuner_core.weights.stream import LoadResult, Transform, load_into_model, mismatch_error
+from tuner_core.weights.stream import LoadResult, StoredPlan, Transform, load_into_model, mismatch_error
 
 __all__ = [
     "CheckpointFiles",
     "LoadResult",
     "SafetensorsSource",
     "StateDictSource",
+    "StoredPlan",
     "TensorInfo",
     "TensorSource",
     "Transform",
     "atomic_write",
+    "checkpoint_layer_paths",
     "describe_start",
     "file_identity",
+    "layer_paths",
     "load_into_model",
     "load_pt_state_dict",
     "mismatch_error",

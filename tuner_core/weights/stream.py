@@ -21,7 +21,30 @@ logger = logging.getLogger(__name__)
 
 #: ``transform(key, tensor) -> {key: tensor, ...}``: rewrite one loaded tensor (for example quantise it and
 #: add a scale). The returned mapping replaces the tensor; keys the model lacks become buffers.
+#: A transform may also have a ``plan(stored) -> StoredPlan`` method, called once with the checkpoint's
+#: ``{model name: TensorInfo}`` before any tensor is read (see :class:`StoredPlan`); it may raise
+#: :class:`ModelLoadError` to refuse the checkpoint.
 Transform = Callable[[str, torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+@attrs.frozen
+class StoredPlan:
+    """What a transform takes from a checkpoint beyond the model's own tensors, in their stored form.
+
+    :param extra: stored names the model does not declare that the transform takes anyway (a checkpoint
+        already quantised holds ``<layer>.scale_weight`` tensors); they stream through the transform and
+        become buffers instead of being refused as unexpected.
+    :param uncast: stored names handed to the transform in their stored dtype (``dtype`` is not applied).
+    """
+
+    extra: frozenset[str] = frozenset()
+    uncast: frozenset[str] = frozenset()
+
+
+def _plan(transform: Transform | None, stored: Mapping[str, TensorInfo]) -> StoredPlan:
+    plan = getattr(transform, "plan", None)
+    return plan(stored) if plan is not None else StoredPlan()
+
 
 #: How many names an error message lists per kind before it only counts the rest.
 SHOWN_KEYS = 5
@@ -78,10 +101,14 @@ def mismatch_error(
             for key, info, expected in wrong_shape
         ]
         lines.append(f"  wrong shape: {_listing(shown, '; ')}")
+    hint = "\nIs this the checkpoint of this model (and does the model config match it)?"
+    if any(key.endswith(".scale_weight") for key, _ in unexpected):
+        hint = (
+            "\nIts .scale_weight tensors are fp8 scales (musubi-tuner's --fp8_scaled format): load it with "
+            "--fp8_scaled (tuner generate) or --fp8_base --fp8_scaled (tuner train)."
+        )
     return ModelLoadError(
-        f"cannot load {description} into {model_name}: keys {', '.join(counts)}.\n"
-        + "\n".join(lines)
-        + "\nIs this the checkpoint of this model (and does the model config match it)?"
+        f"cannot load {description} into {model_name}: keys {', '.join(counts)}.\n" + "\n".join(lines) + hint
     )
 
 
@@ -145,8 +172,11 @@ def load_into_model(
             )
         stored[name] = (key, info)
 
+    plan = _plan(transform, {name: info for name, (_, info) in stored.items()})
     missing = [key for key in expected if key not in stored]
-    unexpected = [(name, info) for name, (_, info) in stored.items() if name not in expected]
+    unexpected = [
+        (name, info) for name, (_, info) in stored.items() if name not in expected and name not in plan.extra
+    ]
     wrong_shape = [
         (name, info, expected[name])
         for name, (_, info) in stored.items()
@@ -159,11 +189,14 @@ def load_into_model(
     loaded = 0
     added: list[str] = []
     for name, (key, _) in stored.items():
-        if name not in expected:
+        if name not in expected and name not in plan.extra:
             continue
         tensor = source.get(key)
         keep = (
-            dtype is None or not tensor.is_floating_point() or (keep_dtype is not None and keep_dtype(name))
+            dtype is None
+            or not tensor.is_floating_point()
+            or name in plan.uncast
+            or (keep_dtype is not None and keep_dtype(name))
         )
         target = place(name)
         tensor = tensor.to(device=target, dtype=None if keep else dtype)

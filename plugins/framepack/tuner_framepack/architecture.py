@@ -94,6 +94,14 @@ class FramePackArchitecture(Architecture):
 
         return load_component(component, options, device, transform)
 
+    def skeleton(self) -> torch.nn.Module:
+        """The released 13B packed DiT (its default config) on the meta device."""
+        from tuner_framepack.dit.config import DiTConfig
+        from tuner_framepack.dit.model import HunyuanVideoTransformer3DModelPacked
+
+        with torch.device("meta"):
+            return HunyuanVideoTransformer3DModelPacked(DiTConfig())
+
     def check_options(self, command: str, options: Any) -> list[str]:
         from tuner_framepack.components import option_problems
 
@@ -209,7 +217,7 @@ class FramePackArchitecture(Architecture):
         options: Any,
         dataset_options: Any,
     ) -> None:
-        own = getattr(dataset_options, "fp_latent_window_size", None)
+        own = dataset_options.fp_latent_window_size if dataset_options is not None else None
         expected = own if own is not None else options.latent_window_size
         cache_format.check_window_size(str(path), cache_format.header_window_size(header), expected)
 
@@ -236,3 +244,15 @@ class FramePackArchitecture(Architecture):
             "modelspec.architecture": "framepack/lora",
             "modelspec.implementation": "https://github.com/lllyasviel/FramePack",
         }
+
+    # -- demo --------------------------------------------------------------------------------------------
+
+    def demo(self, directory: Path, *, quick: bool = False) -> Mapping[str, Mapping[str, Any]]:
+        from tuner_framepack.demo import FULL, QUICK, demo_plan
+
+        return demo_plan(directory, QUICK if quick else FULL)
+
+    def demo_notes(self) -> list[str]:
+        from tuner_framepack.demo import NOTES
+
+        return list(NOTES)

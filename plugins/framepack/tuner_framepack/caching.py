@@ -16,7 +16,7 @@ from tuner_framepack.sections import clip_sections, plan_sections
 
 def window_size(item: MediaItem, options: Any) -> int:
     """The item's dataset ``fp_latent_window_size``, else ``--latent_window_size`` (9)."""
-    own = getattr(item.dataset_options, "fp_latent_window_size", None)
+    own = item.dataset_options.fp_latent_window_size if item.dataset_options is not None else None
     return own if own is not None else options.latent_window_size
 
 
@@ -67,18 +67,11 @@ def encode_text(
     captions: Sequence[str], models: Mapping[str, Any], options: Any
 ) -> list[dict[str, torch.Tensor]]:
     """``llama_vec_*``, ``llama_attention_mask`` and ``clip_l_pooler_*`` of every caption."""
-    from tuner_framepack.encoders import encode_prompt
+    from tuner_framepack.components import encode_caption
 
-    first, second = models["text_encoder1"], models["text_encoder2"]
     out = []
     for caption in captions:
-        prompt = encode_prompt(
-            caption,
-            tokenizer1=first.tokenizer,
-            text_encoder1=first.model,
-            tokenizer2=second.tokenizer,
-            text_encoder2=second.model,
-        )
+        prompt = encode_caption(models, caption)
         # Stored in float16 whatever device encoded them, as the reference's caches are.
         out.append(
             cache_format.text_tensors(

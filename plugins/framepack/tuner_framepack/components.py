@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,22 @@ class TextEncoder:
 
     tokenizer: Any
     model: Any
+
+
+def encode_caption(models: Mapping[str, Any], caption: str, system_prompt: str | None = None) -> Any:
+    """One caption through LLaMA and CLIP (``models["text_encoder1"]`` and ``["text_encoder2"]``): its
+    ``PromptEmbeddings``, as the text caches store them and generation conditions on them."""
+    from tuner_framepack.encoders import encode_prompt
+
+    first, second = models["text_encoder1"], models["text_encoder2"]
+    return encode_prompt(
+        caption,
+        tokenizer1=first.tokenizer,
+        text_encoder1=first.model,
+        tokenizer2=second.tokenizer,
+        text_encoder2=second.model,
+        custom_system_prompt=system_prompt,
+    )
 
 
 #: What each component is, for messages; each is loaded from the option of the same name.
@@ -44,6 +62,15 @@ def option_problems(command: str, components: tuple[str, ...], options: Any) -> 
     ]
     if isinstance(options, (FramePackCacheLatentsOptions, FramePackTrainOptions)) and options.one_frame:
         problems.append("--one_frame is not available yet in tuner's FramePack plugin; leave it out")
+    if (
+        full_fine_tuning(options)
+        and options.mixed_precision == "fp16"
+        and dit_dtype(options) == torch.float16
+    ):
+        problems.append(
+            "--dit_dtype float16 with --mixed_precision fp16 cannot train the whole DiT: the gradient "
+            "scaler refuses float16 gradients; keep the default (float32) or give --dit_dtype bfloat16"
+        )
     return problems
 
 
@@ -59,15 +86,80 @@ def _required(options: Any, name: str, what: str) -> Path:
     return Path(path)
 
 
-def _encoder_dtype(device: torch.device) -> torch.dtype:
-    # The reference runs every encoder in float16; CPUs compute float16 slowly and partly not at all.
+#: ``--dit_dtype`` values and the dtypes they name.
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+#: What the log line calls each component.
+_SHORT_NAMES = {
+    "dit": "DiT",
+    "vae": "VAE",
+    "image_encoder": "SigLIP",
+    "text_encoder1": "LLaMA",
+    "text_encoder2": "CLIP",
+}
+
+
+def full_fine_tuning(options: Any) -> bool:
+    """Whether ``options`` train the whole DiT (``tuner train`` without ``--network_module``)."""
+    return isinstance(options, TrainOptions) and options.network_module is None
+
+
+def dit_dtype(options: Any) -> torch.dtype:
+    """The dtype the DiT's weights are held in: ``--dit_dtype``, else bfloat16 whatever
+    ``--mixed_precision`` says (the reference fixes FramePack's DiT to bfloat16).
+
+    Full fine-tuning keeps float32 unless ``--dit_dtype`` says otherwise: the optimizer then updates
+    float32 weights, as the reference's full fine-tuning does without ``--full_bf16``.
+    """
+    if options.dit_dtype is not None:
+        return DTYPES[options.dit_dtype]
+    return torch.float32 if full_fine_tuning(options) else torch.bfloat16
+
+
+def encoder_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the VAE, SigLIP, LLaMA and CLIP: float16 on a GPU, as the reference holds them all.
+
+    On the CPU float32: float16 saves half the host memory there but computes no faster (measured on a
+    CPU with AVX512-FP16) and much slower on CPUs without it, where it is converted op by op.
+    """
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def dit_dtype(options: Any) -> torch.dtype | None:
-    """bf16 / fp16 weights under that mixed precision (the reference trains the DiT in bf16); else fp32."""
-    precision = options.mixed_precision if isinstance(options, TrainOptions) else "no"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+def component_dtypes(options: Any, device: torch.device) -> dict[str, torch.dtype]:
+    """The dtype each component given to this command is held in on ``device``, by component name."""
+    return {
+        name: dit_dtype(options) if name == "dit" else encoder_dtype(device)
+        for name in COMPONENTS
+        if _path(options, name) is not None
+    }
+
+
+#: ``id()`` of the options objects whose dtypes were logged (each entry leaves with its object).
+_told: set[int] = set()
+
+
+def _tell_dtypes_once(options: Any, device: torch.device) -> None:
+    """Log, once per command, one line with every given component's dtype."""
+    if id(options) in _told:
+        return
+    _told.add(id(options))
+    weakref.finalize(options, _told.discard, id(options))
+    fp8_blocks = getattr(options, "fp8_base", False) or getattr(options, "fp8", False)
+    notes = {"dit": " (fp8 block weights)" if fp8_blocks else "", "text_encoder1": ""}
+    if getattr(options, "fp8_llm", False):
+        notes["text_encoder1"] = " (fp8 weights)"
+    parts = [
+        f"{_SHORT_NAMES[name]} {str(dtype).removeprefix('torch.')}{notes.get(name, '')}"
+        for name, dtype in component_dtypes(options, device).items()
+    ]
+    log.info("dtypes on %s: %s", device.type, ", ".join(parts))
+    if full_fine_tuning(options) and dit_dtype(options) != torch.float32:
+        log.warning(
+            "full fine-tuning with --dit_dtype %s: the optimizer updates %s weights directly, and updates "
+            "smaller than their resolution are lost (the reference keeps float32 for full fine-tuning)",
+            options.dit_dtype,
+            options.dit_dtype,
+        )
 
 
 def load_component(
@@ -77,6 +169,7 @@ def load_component(
     tensor rewritten by the memory strategies' ``transform`` while it streams in."""
     from tuner_framepack import encoders
 
+    _tell_dtypes_once(options, device)
     if component == "dit":
         from tuner_framepack.dit import load_dit
 
@@ -88,7 +181,7 @@ def load_component(
             split_attn=options.split_attn,
             transform=transform,
         )
-    dtype = _encoder_dtype(device)
+    dtype = encoder_dtype(device)
     if component == "vae":
         return encoders.load_vae(
             _required(options, "vae", "the VAE"),

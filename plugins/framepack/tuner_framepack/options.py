@@ -22,6 +22,9 @@ from tuner_core import (
 
 MODELS, VAE, SECTIONS = "models", "VAE memory", "sections"
 
+#: Values of ``--dit_dtype``: the dtype the DiT's weights are held in (see ``components.dit_dtype``).
+DIT_DTYPES = ("bfloat16", "float16", "float32")
+
 
 # Without slots: a mixin with slots cannot be combined with the core's (slotted) options classes.
 @attrs.frozen(kw_only=True, slots=False)
@@ -98,6 +101,13 @@ class FramePackTrainOptions(VaeMemoryOptions, TrainOptions):
     text_encoder1: Path | None = option(None, help="LLaMA text encoder (for samples).", group=MODELS)
     text_encoder2: Path | None = option(None, help="CLIP-L text encoder (for samples).", group=MODELS)
     image_encoder: Path | None = option(None, help="SigLIP image encoder (for samples).", group=MODELS)
+    dit_dtype: str | None = option(
+        None,
+        help="Dtype the DiT's weights are held in (default bfloat16, as the reference, whatever "
+        "--mixed_precision says; float32 when training the whole DiT without --network_module).",
+        choices=DIT_DTYPES,
+        group=MODELS,
+    )
     tokenizer1: Path | None = option(None, help="LLaMA tokenizer directory.", group=MODELS)
     tokenizer2: Path | None = option(None, help="CLIP tokenizer directory.", group=MODELS)
     fp8_llm: bool = option(
@@ -115,28 +125,73 @@ class FramePackTrainOptions(VaeMemoryOptions, TrainOptions):
 class FramePackGenerateOptions(VaeMemoryOptions, GenerateOptions):
     """``tuner generate --arch framepack``."""
 
-    dit: Path | None = option(None, help="Packed DiT weights.", group=MODELS)
-    vae: Path | None = option(None, help="HunyuanVideo VAE.", group=MODELS)
-    text_encoder1: Path | None = option(None, help="LLaMA text encoder.", group=MODELS)
-    text_encoder2: Path | None = option(None, help="CLIP-L text encoder.", group=MODELS)
-    image_encoder: Path | None = option(None, help="SigLIP image encoder.", group=MODELS)
-    tokenizer1: Path | None = option(None, help="LLaMA tokenizer directory.", group=MODELS)
-    tokenizer2: Path | None = option(None, help="CLIP tokenizer directory.", group=MODELS)
+    dit: Path | None = option(
+        None,
+        help="Packed DiT (the F1 DiT for --f1): first shard of a -0000N-of-0000M set, snapshot directory, "
+        "or single file. Needed to generate and for --save_merged_model.",
+        group=MODELS,
+    )
+    vae: Path | None = option(
+        None,
+        help="HunyuanVideo VAE: diffusers file, original pytorch_model.pt, or snapshot directory. Needed to "
+        "generate and for --latent_path.",
+        group=MODELS,
+    )
+    text_encoder1: Path | None = option(
+        None, help="LLaMA text encoder: Comfy file, first of 4 shards, or snapshot directory.", group=MODELS
+    )
+    text_encoder2: Path | None = option(
+        None, help="CLIP-L text encoder: Comfy file, diffusers file, or directory.", group=MODELS
+    )
+    image_encoder: Path | None = option(
+        None, help="SigLIP image encoder: Comfy file, flux_redux_bfl file, or directory.", group=MODELS
+    )
+    dit_dtype: str | None = option(
+        None,
+        help="Dtype the DiT's weights are held in (default bfloat16, as the reference).",
+        choices=DIT_DTYPES,
+        group=MODELS,
+    )
+    tokenizer1: Path | None = option(
+        None, help="LLaMA tokenizer directory (default: found beside the weights).", group=MODELS
+    )
+    tokenizer2: Path | None = option(
+        None, help="CLIP tokenizer directory (default: found beside the weights).", group=MODELS
+    )
     fp8_llm: bool = option(False, help="Run the LLaMA encoder with float8_e4m3fn weights.", group=MODELS)
     image_path: str | None = option(
         None,
-        help='Start image (required to generate); per section: "0:first.png;;;-1:last.png".',
+        help="Start image the video begins with (required to generate). Per section, by time index or "
+        'from the end: "0:first.png;;;-1:last.png".',
         group=SECTIONS,
     )
-    end_image_path: Path | None = option(None, help="End image (inverted layout only).", group=SECTIONS)
-    video_seconds: float = option(5.0, help="Video length in seconds.", group=SECTIONS, validator=at_least(0))
+    end_image_path: Path | None = option(
+        None, help="End image the video ends with (ignored with --f1, as in the reference).", group=SECTIONS
+    )
+    video_seconds: float = option(
+        5.0,
+        help="Video length in seconds, made of round(seconds * 30 / (4 * --latent_window_size)) sections "
+        "(counted at 30 fps whatever --fps is, as the reference).",
+        group=SECTIONS,
+        validator=at_least(0),
+    )
     video_sections: int | None = option(
-        None, help="Number of sections (overrides --video_seconds).", group=SECTIONS, validator=at_least(1)
+        None,
+        help="Number of sections, 4 * --latent_window_size frames each (overrides --video_seconds).",
+        group=SECTIONS,
+        validator=at_least(1),
     )
     latent_window_size: int = option(
-        9, help="Latent frames per section.", group=SECTIONS, validator=at_least(1)
+        9,
+        help="Latent frames per section (each 4 video frames). A --latent_path file records its own.",
+        group=SECTIONS,
+        validator=at_least(1),
     )
-    embedded_cfg_scale: float = option(10.0, help="Distilled guidance scale.", group=SECTIONS)
+    embedded_cfg_scale: float = option(
+        10.0,
+        help="Distilled guidance the DiT is conditioned on (not classifier-free: see --guidance_scale).",
+        group=SECTIONS,
+    )
     guidance_rescale: float = option(
         0.0,
         help="Rescale of classifier-free guidance, 0 to 1 (acts with --guidance_scale above 1).",
@@ -144,7 +199,9 @@ class FramePackGenerateOptions(VaeMemoryOptions, GenerateOptions):
         validator=at_least(0),
     )
     flow_shift: float | None = option(
-        None, help="Sigma shift (default: resolution-dependent, at most 7).", group=SECTIONS
+        None,
+        help="Shift of the sigma schedule, above 0 (default: from the resolution, at most 7).",
+        group=SECTIONS,
     )
     sample_solver: str = option(
         "unipc",
@@ -152,12 +209,27 @@ class FramePackGenerateOptions(VaeMemoryOptions, GenerateOptions):
         choices=("unipc", "euler"),
         group=SECTIONS,
     )
-    f1: bool = option(False, help="Forward (FramePack-F1) section layout.", group=SECTIONS)
-    latent_paddings: str | None = option(None, help='Section paddings, e.g. "3,2,1,0".', group=SECTIONS)
-    custom_system_prompt: str | None = option(
-        None, help="System prompt of the LLaMA template.", group=SECTIONS
+    f1: bool = option(
+        False,
+        help="Forward (FramePack-F1) layout: sections follow the start image in time order; needs the F1 "
+        "DiT.",
+        group=SECTIONS,
     )
-    bulk_decode: bool = option(False, help="Decode all frames in one VAE call.", group=SECTIONS)
+    latent_paddings: str | None = option(
+        None,
+        help="Blank windows between the start image and each section of the inverted layout, in "
+        'generation order (the time-last section first), e.g. "3,2,1,0" (default: the reference\'s; '
+        "ignored with --f1).",
+        group=SECTIONS,
+    )
+    custom_system_prompt: str | None = option(
+        None, help="System prompt of the LLaMA template (default: HunyuanVideo's).", group=SECTIONS
+    )
+    bulk_decode: bool = option(
+        False,
+        help="Decode all frames in one VAE call (more memory; default: chunk by chunk, as the reference).",
+        group=SECTIONS,
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()  # the core's checks of the generate options

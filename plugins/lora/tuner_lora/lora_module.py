@@ -61,6 +61,8 @@ class LoRAModule(nn.Module):
         # Held outside the module tree so the base weights are neither saved nor trained with the adapter.
         self._original = [original]
         self._original_forward = None
+        # A loaded file brings its own alpha (--network_weights, resume): the scale follows it.
+        self.register_load_state_dict_post_hook(_scale_from_alpha)
 
     def apply_to(self) -> None:
         """Route the original layer's forward through this adapter."""
@@ -95,8 +97,18 @@ class LoRAModule(nn.Module):
                 keep = keep.view(h.shape[0], self.rank, *([1] * (h.dim() - 2)))
             h = h * keep
             scale = scale / (1.0 - self.rank_dropout)  # keep the expected update size
-        update = self.lora_up(h) * (self.multiplier * scale)
-        return base + update.to(base.dtype)
+        scale = self.multiplier * scale
+        if isinstance(self.lora_up, nn.Linear) and h.dtype == base.dtype:
+            # One fused kernel: base + scale * h @ up^T (no full-size temporaries for the scale and the sum).
+            flat = torch.addmm(
+                base.reshape(-1, base.shape[-1]),
+                h.reshape(-1, self.rank),
+                self.lora_up.weight.t(),
+                alpha=scale,
+            )
+            return flat.view(base.shape)
+        # The delta in its own (float32) precision is added to the base and the sum rounded once.
+        return (base + self.lora_up(h) * scale).to(base.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The weight update this adapter adds, shaped like the original weight (multiplier excluded)."""
@@ -112,3 +124,9 @@ class LoRAModule(nn.Module):
             torch.einsum("or,rihw->oihw" if down.dim() == 4 else "or,rithw->oithw", up.flatten(1), down)
             * self.scale
         )
+
+
+def _scale_from_alpha(module: LoRAModule, _incompatible_keys: object) -> None:
+    """After ``load_state_dict``: ``scale = alpha / rank`` with the alpha just loaded."""
+    alpha = float(module.alpha)
+    module.scale = (alpha or module.rank) / module.rank

@@ -1,4 +1,4 @@
-"""Entry point of the LoRA plugin (group ``tuner``): registers the network types."""
+"""Entry point of the LoRA plugin (group ``tuner``): registers the network types that are installed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ from collections.abc import Callable
 
 from tuner_core import hookimpl
 from tuner_lora.lora_network import LoRANetworkType
+from tuner_lora.lycoris_merge import lycoris_available
 
 
 @hookimpl
 def tuner_register_networks(register: Callable[[object], None]) -> None:
-    """Register plain LoRA (``--network_module lora`` or ``networks.lora_framepack``)."""
+    """Register plain LoRA (``--network_module lora`` or ``networks.lora_framepack``), and LyCORIS
+    (``lycoris.kohya``) when the lycoris-lora package is installed; it is imported only when used."""
     register(LoRANetworkType())
+    if lycoris_available():
+        from tuner_lora.lycoris_network import LycorisNetworkType
+
+        register(LycorisNetworkType())

@@ -89,8 +89,13 @@ class ToyArchitecture(Architecture):
         else:
             model = MODEL_CLASSES[component]()
         try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
+            declared = model.state_dict()
+            for key in state.keys() - declared.keys():  # tensors a transform added (fp8 scales): buffers
+                owner, _, name = key.rpartition(".")
+                model.get_submodule(owner).register_buffer(name, state[key])
+            # Assigned, not copied: a transform may have changed the dtype (fp8 weights).
+            model.load_state_dict(state, assign=True)
+        except (RuntimeError, AttributeError) as exc:
             raise ModelLoadError(
                 f"--{component} {path} does not hold toy {component} weights: {exc}"
             ) from exc
@@ -156,12 +161,13 @@ class ToyArchitecture(Architecture):
 
     # -- demo --------------------------------------------------------------------------------------------
 
-    def demo(self, directory: Path) -> Mapping[str, Mapping[str, Any]]:
+    def demo(self, directory: Path, *, quick: bool = False) -> Mapping[str, Mapping[str, Any]]:
         from tuner_toy.build import make_toy_models
         from tuner_toy.sample_data import make_sample_dataset
 
         dataset = make_sample_dataset(directory / "data")
         files = make_toy_models(directory / "models", dim=64)
+        epochs = 2 if quick else 300
         prompts = directory / "prompts.txt"
         prompts.write_text("a red square moving right --w 64 --h 64 --f 17 --s 25 --d 7\n", encoding="utf-8")
         return {
@@ -180,11 +186,11 @@ class ToyArchitecture(Architecture):
                 "lr_scheduler": "cosine",
                 "timestep_sampling": "shift",
                 "discrete_flow_shift": 3.0,
-                "max_train_epochs": 300,
+                "max_train_epochs": epochs,
                 "seed": 0,
                 "max_data_loader_n_workers": 0,
                 "sample_prompts": prompts,
-                "sample_every_n_epochs": 150,
+                "sample_every_n_epochs": epochs // 2,
             },
             "generate": {
                 "dit": directory / "output" / "toy.safetensors",
@@ -197,6 +203,12 @@ class ToyArchitecture(Architecture):
                 "save_path": directory / "generated",
             },
         }
+
+    def demo_notes(self) -> list[str]:
+        return [
+            "The toy is the test-suite's small flow-matching model, trained here from random weights; "
+            "`tuner demo` (FramePack) runs the real architecture's code on tiny stand-in models."
+        ]
 
     # -- sampling ----------------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ class HunyuanVideoTransformer3DModelPacked(nn.Module):
     Attributes that are not weights:
 
     - ``fp32_proj_out``: run the final ``proj_out`` in float32 (weights and input), as the official demo does
-      for inference. Off by default (training); the output is float32 when on.
+      for inference. Off by default (training); the output is float32 when on. Switching it off puts
+      ``proj_out`` back in its earlier dtype (training goes on in bf16 after a sample).
     - ``attn_mode`` / ``split_attn``: the attention backend; change them with :meth:`set_attention`.
     """
 
@@ -74,9 +75,22 @@ class HunyuanVideoTransformer3DModelPacked(nn.Module):
         self.norm_out = OutputNorm(dim)
         self.proj_out = nn.Linear(dim, config.patch_size_t * config.patch_size**2 * config.out_channels)
 
+        self._proj_out_dtype: torch.dtype | None = None  # what proj_out held before it ran in float32
         self.fp32_proj_out = False
         self.attn_mode = "sdpa"
         self.split_attn = False
+
+    @property
+    def fp32_proj_out(self) -> bool:
+        """Whether the final ``proj_out`` runs in float32 (see the class docstring)."""
+        return self._fp32_proj_out
+
+    @fp32_proj_out.setter
+    def fp32_proj_out(self, value: bool) -> None:
+        self._fp32_proj_out = bool(value)
+        if not value and self._proj_out_dtype is not None:
+            self.proj_out.to(self._proj_out_dtype)  # float32 back to bf16/fp16 is exact
+            self._proj_out_dtype = None
 
     def set_attention(self, mode: str = "sdpa", *, split_attn: bool = False, training: bool = False) -> None:
         """Choose the attention backend of every attention layer (``sdpa``, ``flash``, ``sage``, ``xformers``).
@@ -188,6 +202,7 @@ class HunyuanVideoTransformer3DModelPacked(nn.Module):
         out = self.norm_out(joint[:, n_image - n_noisy : n_image], temb)
         if self.fp32_proj_out:
             if self.proj_out.weight.dtype != torch.float32:
+                self._proj_out_dtype = self.proj_out.weight.dtype
                 self.proj_out.float()
             out = out.float()
         out = self.proj_out(out)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import attrs
 
-from tuner_core import ConfigError, SampleRequest
+from tuner_core import ConfigError, DataError, SampleRequest
+from tuner_core.media import image_size
 from tuner_framepack.generation.section_count import parse_latent_paddings, section_count
 from tuner_framepack.generation.section_prompts import parse_section_strings
 from tuner_framepack.options import FramePackGenerateOptions, FramePackTrainOptions
@@ -84,6 +85,11 @@ def framepack_job(request: SampleRequest, settings: GenerationSettings, *, train
     """
     image_option, size_option = ("--i", "--w/--h") if training else ("--image_path", "--video_size")
     _check_size(request, size_option)
+    if request.flow_shift is not None and not request.flow_shift > 0:
+        # The sigma schedule refuses it too, but only once the encoders have run.
+        raise ConfigError(
+            f"{'--fs' if training else '--flow_shift'} must be above 0, got {request.flow_shift}"
+        )
     if request.image_path is None:
         raise ConfigError(
             f"{image_option} is required: FramePack generates a video from a start image "
@@ -97,11 +103,10 @@ def framepack_job(request: SampleRequest, settings: GenerationSettings, *, train
     images = {
         k: Path(v) for k, v in parse_section_strings(str(request.image_path), option=image_option).items()
     }
-    missing = [
-        str(p) for p in {*images.values(), request.end_image_path} if p is not None and not p.is_file()
-    ]
-    if missing:
-        raise ConfigError(f"{image_option}: no such image file: {', '.join(sorted(missing))}")
+    wanted = {(image_option, p) for p in images.values()}
+    if request.end_image_path is not None:
+        wanted.add(("--ei" if training else "--end_image_path", Path(request.end_image_path)))
+    _check_images(sorted(wanted))
     return FramePackJob(
         request=request,
         sections=sections,
@@ -112,6 +117,20 @@ def framepack_job(request: SampleRequest, settings: GenerationSettings, *, train
         embedded_cfg_scale=request.guidance if request.guidance is not None else DEFAULT_EMBEDDED_CFG_SCALE,
         flow_shift=request.flow_shift,
     )
+
+
+def _check_images(images: list[tuple[str, Path]]) -> None:
+    """Each ``(option, path)`` names an image Pillow can read (its header only: this runs per job, before
+    any model loads, and a broken start image would otherwise stop the run after the text encoders)."""
+    missing = [(option, path) for option, path in images if not path.is_file()]
+    if missing:
+        options = ", ".join(dict.fromkeys(option for option, _ in missing))
+        raise ConfigError(f"{options}: no such image file: {', '.join(str(p) for _, p in missing)}")
+    for option, path in images:
+        try:
+            image_size(path)
+        except DataError as exc:
+            raise ConfigError(f"{option} {exc}") from exc
 
 
 def _check_size(request: SampleRequest, option: str) -> None:

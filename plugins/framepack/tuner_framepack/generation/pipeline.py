@@ -65,22 +65,14 @@ def _encode_prompts(
     models: Components, jobs: Sequence[FramePackJob], system_prompt: str | None
 ) -> dict[str, Any]:
     """Every distinct prompt (and negative prompt) of the jobs, encoded once; the encoders are freed."""
-    from tuner_framepack.encoders import encode_prompt
+    from tuner_framepack.components import encode_caption
 
     texts = {text for job in jobs for text in job.prompts.values()}
     texts |= {job.negative_prompt for job in jobs if job.negative_prompt is not None}
     missing = sorted(t for t in texts if ("prompt", t, system_prompt) not in models.memo)
     if missing:
-        first, second = models["text_encoder1"], models["text_encoder2"]
         for text in missing:
-            encoded = encode_prompt(
-                text,
-                tokenizer1=first.tokenizer,
-                text_encoder1=first.model,
-                tokenizer2=second.tokenizer,
-                text_encoder2=second.model,
-                custom_system_prompt=system_prompt,
-            )
+            encoded = encode_caption(models, text, system_prompt)
             models.memo[("prompt", text, system_prompt)] = _to_cpu(encoded)
         log.info("encoded %d prompt(s)", len(missing))
     models.release(*TEXT_ENCODERS)

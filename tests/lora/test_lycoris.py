@@ -1,0 +1,313 @@
+"""LyCORIS through lycoris-lora on the tiny FramePack DiT: every algorithm trains, saves, loads back and merges
+to the output of the unmerged network; presets stay per network; the plugin lists it only when installed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuner_core.plugins import make_plugin_manager
+from tuner_core.training.saved_files import save_weights
+from tuner_framepack.architecture import FramePackArchitecture
+from tuner_framepack.testing.tiny_dit import build_tiny_dit, tiny_dit_config, tiny_dit_inputs
+
+lycoris = pytest.importorskip("lycoris.kohya")
+
+from tuner_lora.lycoris_network import LycorisNetworkType  # noqa: E402
+
+LAYOUT = FramePackArchitecture.layout
+CONFIG = tiny_dit_config(num_layers=1, num_single_layers=1, num_refiner_layers=1)
+INPUTS = tiny_dit_inputs(CONFIG, frames=2, height=8, width=8, text_len=8, image_tokens=4)
+#: Linear layers per tiny model: 12 in the double block, 5 in the single block (norm linears excluded).
+TARGETS = 17
+#: Each algorithm with arguments that make its update non-trivial. DyLoRA trains a random block of ranks each
+#: forward (also in eval) and scales a block by ``alpha / (block + 1)``, so its saved file (scaled
+#: ``alpha / rank``) gives its forward's output only with one block of one rank.
+ALGOS = {
+    "lora": {},
+    "locon": {"conv_dim": 2, "conv_alpha": 1},
+    "loha": {},
+    "lokr": {"factor": 8},
+    "full": {},
+    "dylora": {"block_size": 1},
+    "glora": {},
+    "diag-oft": {},
+    "boft": {},
+    "ia3": {},
+}
+
+
+def _model() -> torch.nn.Module:
+    model = build_tiny_dit(CONFIG, seed=3)
+    model.requires_grad_(False)
+    return model
+
+
+def _output(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**INPUTS)
+
+
+def _train_one_step(algo: str, args: dict, dim: int) -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    model = _model()
+    network = LycorisNetworkType().create(
+        model, LAYOUT, dim=dim, alpha=2.0, dropout=None, args={"algo": algo, **args}
+    )
+    network.apply_to(model)
+    model.train()
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameter_groups(1e-2))
+    model(**INPUTS).square().mean().backward()
+    optimizer.step()
+    model.eval()
+    network.eval()
+    return model, network
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_each_algorithm_trains_saves_and_merges_to_the_unmerged_output(algo, tmp_path):
+    dim = 1 if algo == "dylora" else 4
+    model, network = _train_one_step(algo, ALGOS[algo], dim)
+    modules = network.lycoris_modules()
+    assert len(modules) == TARGETS
+    assert not any("norm" in m.lora_name for m in modules)
+    unmerged = _output(model)
+    assert (unmerged - _output(_model())).abs().max() > 1e-4  # the step changed the output
+
+    path = save_weights(tmp_path / f"{algo}.safetensors", network.adapter_state_dict(), {}, None)
+    weights = load_file(str(path))
+    assert all(k.startswith("lora_unet_") for k in weights)
+    plugins = make_plugin_manager()
+    sniffed = next(n for n in plugins.networks() if n.can_load(set(weights)))
+    assert sniffed.name == ("lora" if algo in ("lora", "locon", "dylora") else "lycoris")
+
+    if algo != "ia3":  # lycoris's own loader fails on its IA3 files (see tuner_lora.lycoris_merge)
+        loaded, _ = lycoris.create_network_from_weights(1.0, str(path), None, None, _model())
+        assert len(loaded.unet_loras) == TARGETS
+
+    merged = _model()
+    unused = plugins.network("lycoris").merge_into(merged, LAYOUT, weights, 1.0)
+    assert unused == []
+    assert (_output(merged) - unmerged).abs().max() < 1e-5
+
+    # --network_weights: a fresh network loads the file (then is applied, as training does) and holds it.
+    model = _model()
+    reloaded = LycorisNetworkType().create(
+        model, LAYOUT, dim=dim, alpha=2.0, dropout=None, args={"algo": algo, **ALGOS[algo]}
+    )
+    reloaded.load_adapter_state_dict(weights)
+    reloaded.apply_to(model)
+    reloaded.eval()
+    for key, tensor in reloaded.adapter_state_dict().items():
+        assert torch.allclose(tensor.cpu(), weights[key], atol=1e-6), key
+    assert (_output(model) - unmerged).abs().max() < 1e-5
+
+
+def test_saved_names_are_lycoris_names_on_the_layout_targets():
+    network = LycorisNetworkType().create(
+        _model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "loha"}
+    )
+    keys = set(network.adapter_state_dict())
+    assert "lora_unet_transformer_blocks_0_attn_to_q.hada_w1_a" in keys
+    assert "lora_unet_single_transformer_blocks_0_proj_out.hada_w2_b" in keys
+    assert "lora_unet_transformer_blocks_0_ff_context_net_0_proj.alpha" in keys
+    assert not any("norm1" in k or "x_embedder" in k or "norm_out" in k for k in keys)
+    kinds = {k.split(".", 1)[1] for k in keys}
+    assert kinds == {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}
+
+
+def test_two_networks_in_one_process_do_not_share_preset_state():
+    cls = lycoris.LycorisNetworkKohya
+    before = (list(cls.UNET_TARGET_REPLACE_MODULE), list(cls.TARGET_EXCLUDE_NAME), cls.ENABLE_CONV)
+    first = LycorisNetworkType().create(
+        _model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "lokr", "preset": "attn-mlp"}
+    )
+    # lycoris's own API applies presets to the class: a preset the next network must not inherit.
+    cls.apply_preset({"unet_target_module": ["Nothing"], "exclude_name": [".*"], "enable_conv": False})
+    try:
+        second = LycorisNetworkType().create(
+            _model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "loha"}
+        )
+        assert cls.UNET_TARGET_REPLACE_MODULE == ["Nothing"]  # the caller's class state is put back
+    finally:
+        cls.apply_preset(
+            {"unet_target_module": before[0], "exclude_name": before[1], "enable_conv": before[2]}
+        )
+    assert len(second.lycoris_modules()) == TARGETS
+    assert list(LAYOUT.network_targets) == second.lycoris_network.UNET_TARGET_REPLACE_MODULE
+    assert "HunyuanVideoTransformerBlock" in first.lycoris_network.UNET_TARGET_REPLACE_MODULE
+    assert (
+        first.lycoris_network.UNET_TARGET_REPLACE_MODULE != second.lycoris_network.UNET_TARGET_REPLACE_MODULE
+    )
+    assert (list(cls.UNET_TARGET_REPLACE_MODULE), list(cls.TARGET_EXCLUDE_NAME), cls.ENABLE_CONV) == before
+    third = LycorisNetworkType().create(
+        _model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "lora"}
+    )
+    assert len(third.lycoris_modules()) == TARGETS
+
+
+def test_patterns_and_package_arguments_reach_lycoris():
+    only_attention = LycorisNetworkType().create(
+        _model(),
+        LAYOUT,
+        dim=4,
+        alpha=1.0,
+        dropout=None,
+        args={"algo": "lora", "exclude_patterns": [r".*(ff|proj_mlp|proj_out).*"]},
+    )
+    assert len(only_attention.lycoris_modules()) == 8 + 3
+    with_norms = LycorisNetworkType().create(
+        _model(),
+        LAYOUT,
+        dim=4,
+        alpha=1.0,
+        dropout=None,
+        args={"algo": "lora", "include_patterns": [r".*norm1\.linear"]},
+    )
+    assert len(with_norms.lycoris_modules()) == TARGETS + 1
+    lokr = LycorisNetworkType().create(
+        _model(),
+        LAYOUT,
+        dim=4,
+        alpha=1.0,
+        dropout=0.1,
+        args={"algo": "lokr", "factor": 4, "module_dropout": 0.2},
+    )
+    module = lokr.lycoris_modules()[0]
+    assert module.lokr_w1.shape == (4, 4) and module.module_dropout == 0.2
+    assert module.dropout == 0.1 or getattr(module.drop, "p", None) == 0.1  # --network_dropout -> dropout
+
+
+def test_unknown_algorithm_and_empty_targets_are_errors():
+    from tuner_core import ConfigError
+
+    with pytest.raises(ConfigError, match="not a LyCORIS algorithm"):
+        LycorisNetworkType().create(_model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "lorax"})
+    with pytest.raises(ConfigError, match="found no layer"):
+        LycorisNetworkType().create(
+            _model(),
+            LAYOUT,
+            dim=4,
+            alpha=1.0,
+            dropout=None,
+            args={"algo": "loha", "exclude_patterns": [".*"]},
+        )
+
+
+def test_dylora_blocks_load_back_from_the_saved_matrices(caplog):
+    args = {"algo": "dylora", "block_size": 2, "no_such_arg": 1}
+    _, network = _train_one_step("dylora", {"block_size": 2}, 4)
+    weights = {k: v.clone() for k, v in network.adapter_state_dict().items()}
+    with caplog.at_level("WARNING", logger="tuner_lora"):
+        fresh = LycorisNetworkType().create(_model(), LAYOUT, dim=4, alpha=2.0, dropout=None, args=args)
+    assert "no_such_arg: not read by lycoris" in caplog.text
+    fresh.load_adapter_state_dict(weights)
+    for key, tensor in fresh.adapter_state_dict().items():
+        assert torch.equal(tensor, weights[key]), key
+
+
+def test_loraplus_and_max_norm_go_through_lycoris():
+    _, network = _train_one_step("lora", {"loraplus_lr_ratio": 4}, 4)
+    groups = network.parameter_groups(1e-3)
+    assert sorted(g["lr"] for g in groups) == [1e-3, 4e-3]
+    scaled, mean_norm, max_norm = network.apply_max_norm_regularization(1e-6, torch.device("cpu"))
+    assert scaled == TARGETS and max_norm == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_dim_from_weights_rebuilds_each_module_of_the_file():
+    _, network = _train_one_step("loha", {}, 4)
+    weights = network.adapter_state_dict()
+    rebuilt = LycorisNetworkType().create_from_weights(
+        _model(), LAYOUT, weights, alpha=1.0, dropout=None, args={}
+    )
+    assert len(rebuilt.lycoris_modules()) == TARGETS
+    for key, tensor in rebuilt.adapter_state_dict().items():
+        assert torch.allclose(tensor, weights[key]), key
+
+
+def test_files_of_lycoris_own_wrapper_merge_too():
+    model, network = _train_one_step("lokr", {}, 4)
+    native = {"lycoris_" + k.removeprefix("lora_unet_"): v for k, v in network.adapter_state_dict().items()}
+    lycoris_type = make_plugin_manager().network("lycoris.kohya")
+    assert lycoris_type.can_load(set(native))
+    merged = _model()
+    assert lycoris_type.merge_into(merged, LAYOUT, lycoris_type.normalize_weights(LAYOUT, native), 1.0) == []
+    assert (_output(merged) - _output(model)).abs().max() < 1e-5
+
+
+def test_a_lora_file_without_alpha_merges_through_lycoris_at_scale_one():
+    from tuner_lora.lora_network import LoRANetworkType
+
+    network = LoRANetworkType().create(_model(), LAYOUT, dim=4, alpha=4.0, dropout=None, args={})
+    for adapter in network.adapters():
+        torch.nn.init.normal_(adapter.lora_up.weight, std=0.05)
+    weights = network.adapter_state_dict()
+    with_alpha, without = _model(), _model()
+    LoRANetworkType().merge_into(with_alpha, LAYOUT, weights, 1.0)
+    no_alpha = {k: v for k, v in weights.items() if not k.endswith(".alpha")}
+    assert LycorisNetworkType().merge_into(without, LAYOUT, no_alpha, 1.0) == []
+    assert (_output(with_alpha) - _output(without)).abs().max() < 1e-5
+
+
+def test_lycoris_is_listed_only_when_installed(monkeypatch):
+    import tuner_lora.lycoris_merge as lycoris_merge
+
+    assert "lycoris.kohya" in make_plugin_manager().networks()
+    monkeypatch.setattr(lycoris_merge.importlib.util, "find_spec", lambda name: None)
+    assert "lycoris" not in make_plugin_manager().networks()
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """The engine tests' toy workspace: dataset, VAE, text encoder and DiT files."""
+    from ..engine.conftest import make_workspace
+
+    return make_workspace(tmp_path / "toy")
+
+
+def test_train_and_generate_with_lycoris_on_the_toy(toy, tmp_path):
+    from safetensors import safe_open
+
+    from ..engine.helpers import cache_all, run, train_values
+
+    cache_all(toy)
+    values = train_values(
+        toy,
+        tmp_path / "out",
+        max_train_steps=3,
+        learning_rate=5e-2,
+        network_module="lycoris.kohya",
+        network_args=["algo=loha", "verbose=True"],
+        save_state_on_train_end=True,
+    )
+    (weights,) = run("train", values).outputs["weights"]
+    with safe_open(str(weights), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert "lora_unet_blocks_0_attn_to_q.hada_w1_a" in keys and not any("norm" in k for k in keys)
+    assert metadata["ss_network_module"] == "lycoris.kohya"
+    resumed = run("train", {**values, "max_train_steps": 4, "resume": tmp_path / "out" / "last-state"})
+    assert resumed.outputs["weights"]
+
+    base = {
+        "dit": toy.dit,
+        "vae": toy.vae,
+        "text_encoder": toy.text_encoder,
+        "prompt": "a red square",
+        "video_size": [32, 32],
+        "video_frames": 5,
+        "infer_steps": 2,
+        "seed": 1,
+        "output_type": "images",
+    }
+
+    def images(name: str, **extra) -> list[bytes]:
+        paths = run("generate", {**base, "save_path": tmp_path / name, **extra}).outputs["images"]
+        return [p.read_bytes() for p in paths]
+
+    plain = images("plain")
+    assert images("zero", lora_weight=[weights], lora_multiplier=[0.0], lycoris=True) == plain
+    merged = images("merged", lora_weight=[weights], lycoris=True)
+    assert merged != plain
+    assert images("sniffed", lora_weight=[weights]) == merged  # found by its tensor names without --lycoris
