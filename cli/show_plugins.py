@@ -53,6 +53,10 @@ def describe(plugins: Plugins) -> list[PluginInfo]:
     return infos
 
 
+def _with_aliases(name: str, aliases: tuple[str, ...]) -> str:
+    return f"{name} (also {', '.join(aliases)})" if aliases else name
+
+
 def format_plugins(plugins: Plugins) -> str:
     """One block per plugin: name, distribution and version, hooks, and what it registered."""
     lines: list[str] = []
@@ -62,7 +66,9 @@ def format_plugins(plugins: Plugins) -> str:
         lines.append("  hooks: " + (", ".join(info.hooks) or "none"))
         for kind, label in REGISTRIES.items():
             if getattr(info, kind):
-                lines.append(f"  {label}: " + ", ".join(getattr(info, kind)))
+                registry = getattr(plugins, kind)()
+                shown = [_with_aliases(name, registry.get(name).aliases) for name in getattr(info, kind)]
+                lines.append(f"  {label}: " + ", ".join(shown))
     for failure in plugins.failures:
         lines.append(f"{failure.entry_point}  ({failure.distribution})  FAILED TO LOAD: {failure.error}")
     for plugin_name, hook_name in plugins.unknown_hooks:

@@ -26,6 +26,11 @@ MODELS, VAE, SECTIONS = "models", "VAE memory", "sections"
 DIT_DTYPES = ("bfloat16", "float16", "float32")
 
 
+def _positive_seconds(value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"--video_seconds must be above 0, got {value!r}")
+
+
 # Without slots: a mixin with slots cannot be combined with the core's (slotted) options classes.
 @attrs.frozen(kw_only=True, slots=False)
 class VaeMemoryOptions:
@@ -173,7 +178,7 @@ class FramePackGenerateOptions(VaeMemoryOptions, GenerateOptions):
         help="Video length in seconds, made of round(seconds * 30 / (4 * --latent_window_size)) sections "
         "(counted at 30 fps whatever --fps is, as the reference).",
         group=SECTIONS,
-        validator=at_least(0),
+        validator=lambda _instance, _field, value: _positive_seconds(value),
     )
     video_sections: int | None = option(
         None,
