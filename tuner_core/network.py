@@ -117,6 +117,11 @@ class NetworkType:
             "--dim_from_weights: --network_weights holds no lora_down weights to read the rank from"
         )
 
+    def check_args(self, args: Mapping[str, Any]) -> list[str]:
+        """Problems with ``--network_args`` that show before any model loads (an unknown algorithm, say);
+        one line each. None by default."""
+        return []
+
     def can_load(self, keys: set[str]) -> bool:
         """Whether a weights file with these tensor names is this network type (format sniffing)."""
         return False

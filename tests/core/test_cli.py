@@ -93,9 +93,38 @@ def test_cross_option_rule(capsys, dataset, tmp_path):
         str(tmp_path),
         "--dit",
         "d",
-        "--fp8_scaled",
+        "--sage_attn",
     )
-    assert code == 2 and "--fp8_scaled requires --fp8_base" in err
+    assert code == 2 and "--sage_attn is for inference only" in err
+
+
+def test_fp8_scaled_implies_fp8_base_as_in_the_reference(dataset, tmp_path):
+    from tuner_cli.parser import build_command_options
+    from tuner_core import make_plugin_manager
+    from tuner_core.training.model_setup import memory_settings
+
+    plugins = make_plugin_manager()
+    arch = plugins.architecture("framepack")
+    strategies = plugins.memory_strategies()
+    train = build_command_options(
+        "train",
+        arch,
+        {"dataset_config": dataset, "output_dir": tmp_path, "dit": tmp_path, "fp8_scaled": True},
+        {},
+        None,
+        strategies,
+    )
+    assert memory_settings(train, training=True).fp8_base
+    generate = build_command_options(  # the guide's users may give both
+        "generate",
+        arch,
+        {"save_path": tmp_path, "prompt": "p", "fp8": True, "fp8_scaled": True},
+        {},
+        None,
+        strategies,
+    )
+    settings = memory_settings(generate, training=False)
+    assert settings.fp8_base and settings.fp8_scaled
 
 
 def test_missing_required_architecture_option(capsys, dataset):

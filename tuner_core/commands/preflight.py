@@ -35,7 +35,7 @@ from tuner_core.sampling.outputs import read_latent_header
 from tuner_core.sampling.prompts import read_prompt_file
 from tuner_core.training.lr_schedulers import check_lr_options, ignored_lr_options
 from tuner_core.training.model_setup import DEFAULT_NETWORK_DIM, memory_settings
-from tuner_core.training.optimizers import check_optimizer_options
+from tuner_core.training.optimizers import check_optimizer_options, parse_optimizer_args
 from tuner_core.training.resume import resume_problems, run_settings
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,11 @@ def _memory(
     options: Any, architecture: Architecture, plugins: Plugins, problems: Problems, *, training: bool
 ) -> None:
     settings = memory_settings(options, training=training)
+    base_flag = "--fp8_base" if training else "--fp8"
+    if options.fp8_scaled and not (options.fp8_base if training else options.fp8):
+        log.info(
+            "--fp8_scaled implies %s (fp8 weights with block-wise scales), as in the reference", base_flag
+        )
     layout = architecture.layout
     limit = layout.max_blocks_to_swap_training if training else layout.max_blocks_to_swap_inference
     if limit is not None and settings.blocks_to_swap > limit:
@@ -189,6 +194,12 @@ def _train(options: TrainOptions, architecture: Architecture, plugins: Plugins, 
             network = plugins.network(options.network_module)
         except ConfigError as exc:
             problems.add(f"--network_module: {exc}")
+        else:
+            args = problems.collect(
+                lambda: parse_optimizer_args(options.network_args or [], option="--network_args")
+            )
+            for message in network.check_args(args or {}):
+                problems.add(message)
     if options.dim_from_weights and options.network_weights is None:
         problems.add("--dim_from_weights reads the rank from --network_weights: give --network_weights too")
     problems.collect(

@@ -141,10 +141,6 @@ class GenerateOptions:
             raise ConfigError(
                 f"--lora_multiplier has {len(self.lora_multiplier)} values for {len(self.lora_weight)} --lora_weight files"
             )
-        if self.fp8_scaled and self.fp8:
-            raise ConfigError(
-                "give --fp8 or --fp8_scaled, not both (--fp8_scaled already stores fp8 weights)"
-            )
         if self.save_path is None and self.save_merged_model is None:
             raise ConfigError("--save_path is required: the directory the outputs are written to")
         if self.from_file is not None and self.interactive:

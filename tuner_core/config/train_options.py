@@ -265,8 +265,6 @@ class TrainOptions:
             raise ConfigError(
                 "--sage_attn is for inference only; it has no backward pass. Use --sdpa or --flash_attn"
             )
-        if self.fp8_scaled and not self.fp8_base:
-            raise ConfigError("--fp8_scaled requires --fp8_base")
         if (
             self.min_timestep is not None
             and self.max_timestep is not None

@@ -98,7 +98,7 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
     """
     if isinstance(options, TrainOptions):
         return MemorySettings(
-            fp8_base=options.fp8_base,
+            fp8_base=options.fp8_base or options.fp8_scaled,  # --fp8_scaled implies it, as in the reference
             fp8_scaled=options.fp8_scaled,
             blocks_to_swap=options.blocks_to_swap,
             gradient_checkpointing=options.gradient_checkpointing,
@@ -108,7 +108,7 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
             options=options,
         )
     return MemorySettings(  # generate calls train's --fp8_base --fp8 and keeps no activations
-        fp8_base=options.fp8,
+        fp8_base=options.fp8 or options.fp8_scaled,
         fp8_scaled=options.fp8_scaled,
         blocks_to_swap=options.blocks_to_swap,
         use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
@@ -210,7 +210,7 @@ def prepare_model(
         return PreparedModel(step, [{"params": params, "lr": options.learning_rate}], None, {}, None, applied)
 
     network_type = plugins.network(options.network_module)
-    args = parse_optimizer_args(options.network_args) if options.network_args else {}
+    args = parse_optimizer_args(options.network_args, option="--network_args") if options.network_args else {}
     model.requires_grad_(False)
     network, initial, dim = _create_network(options, model, architecture.layout, network_type, args)
     if initial is not None:

@@ -58,8 +58,11 @@ class BuiltOptimizer:
         return optimizer_description(self.optimizer_class, self.kwargs)
 
 
-def parse_optimizer_args(args: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Turn ``--optimizer_args`` items ``key=value`` into keyword arguments (a mapping passes through)."""
+def parse_optimizer_args(
+    args: Sequence[str] | Mapping[str, Any] | None, *, option: str = "--optimizer_args"
+) -> dict[str, Any]:
+    """Turn ``key=value`` items (``--optimizer_args``, ``--network_args``) into keyword arguments (a mapping
+    passes through); errors name ``option``."""
     if args is None:
         return {}
     if isinstance(args, Mapping):
@@ -70,10 +73,10 @@ def parse_optimizer_args(args: Sequence[str] | Mapping[str, Any] | None) -> dict
         key = key.strip()
         if not sep or not key.isidentifier():
             raise ConfigError(
-                f"--optimizer_args: {item!r} is not key=value (for example weight_decay=0.01 betas=0.9,0.999)"
+                f"{option}: {item!r} is not key=value (for example weight_decay=0.01 betas=0.9,0.999)"
             )
         if key in parsed:
-            raise ConfigError(f"--optimizer_args gives {key!r} twice")
+            raise ConfigError(f"{option} gives {key!r} twice")
         try:
             parsed[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -272,6 +272,14 @@ class LycorisNetworkType(NetworkType):
         _log_modules("from weights", modules, flag(args, "verbose"))
         return LycorisAdapter(network, modules)
 
+    def check_args(self, args: Mapping[str, Any]) -> list[str]:
+        """An unknown ``algo`` before the model loads (lycoris itself is imported for the list)."""
+        try:
+            lycoris_kwargs(args, None)
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
+
     def can_load(self, keys: set[str]) -> bool:
         """LyCORIS files (``hada_w1_a``, ``lokr_w1``, ``diff``, ``oft_blocks``, ...; plain LoRA too)."""
         return is_lycoris_file(keys)
