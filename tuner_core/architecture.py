@@ -138,7 +138,7 @@ class Architecture:
     def component_path(self, component: str, options: Any) -> Path | None:
         """The file ``component`` loads from: by default the option of the same name (``--dit``, ``--vae``),
         or ``None`` when the command's options have no such option or it was not given."""
-        if component not in attrs.fields_dict(type(options)):
+        if not attrs.has(type(options)) or component not in attrs.fields_dict(type(options)):
             return None
         return getattr(options, component)
 

@@ -122,6 +122,11 @@ class NetworkType:
         one line each. None by default."""
         return []
 
+    def matches_layers(self, layout: ModelLayout, keys: set[str], layer_paths: Sequence[str]) -> bool | None:
+        """Whether a file with these (normalised) tensor names adapts any of the model's layers, known by
+        their module paths from the checkpoint's header; ``None``: this type cannot tell (the default)."""
+        return None
+
     def can_load(self, keys: set[str]) -> bool:
         """Whether a weights file with these tensor names is this network type (format sniffing)."""
         return False

@@ -24,11 +24,12 @@ from tuner_core.cache.store import atomic_write_safetensors
 from tuner_core.commands.result import CommandResult
 from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
-from tuner_core.errors import ConfigError
+from tuner_core.errors import ConfigError, TunerError
 from tuner_core.memory.apply import load_transform
 from tuner_core.network import NetworkType
 from tuner_core.plugins import Plugins
 from tuner_core.training.model_setup import memory_settings
+from tuner_core.weights import checkpoint_layer_paths
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def network_file_problems(
     except ConfigError as exc:
         return [f"--lycoris: {exc}"]
     layout = architecture.layout if architecture is not None else ModelLayout()
+    layout_name = architecture.name if architecture is not None else "?"
+    layers = _denoiser_layers(options, architecture)
     problems = []
     for index, path in enumerate(options.lora_weight):
         if not path.is_file():
@@ -136,7 +139,26 @@ def network_file_problems(
             continue
         if not kept:
             problems.append(f"--lora_weight {path}: --include_patterns / --exclude_patterns leave no tensor")
+        elif layers is not None and network_type.matches_layers(layout, set(kept), layers) is False:
+            problems.append(
+                f"--lora_weight {path}: none of its layers is a layer of this --arch {layout_name} model "
+                f"(e.g. {sorted(kept)[0]}){looks_like(network_types, layout, set(names))}; is it a LoRA for "
+                "another model?"
+            )
     return problems
+
+
+def _denoiser_layers(options: GenerateOptions, architecture: Architecture | None) -> list[str] | None:
+    """The layer paths in the denoiser checkpoint's header (no weights read); ``None`` if there is none."""
+    if architecture is None:
+        return None
+    path = architecture.component_path(architecture.trained_component, options)
+    if path is None or not path.exists():
+        return None
+    try:
+        return checkpoint_layer_paths(path) or None
+    except TunerError:
+        return None  # an unreadable checkpoint is reported by the loader, with its own message
 
 
 def _merge_file(

@@ -300,6 +300,12 @@ class LoRANetworkType(NetworkType):
         converted = _converted(layout, weights, metadata)
         return {**converted.weights, **{k: weights[k] for k in converted.unused}}
 
+    def matches_layers(self, layout: ModelLayout, keys: set[str], layer_paths: Sequence[str]) -> bool | None:
+        """Whether any ``<prefix>_<module>`` name of the file is a layer of the model."""
+        names = formats.kohya_names(layer_paths, layout.network_prefix)
+        modules = {key.split(".", 1)[0] for key in keys}
+        return any(m in names.paths or m in names.ambiguous for m in modules)
+
     def describe_weights(self, layout: ModelLayout, keys: set[str]) -> str | None:
         """What the file looks like (``an SDXL text-encoder LoRA``), from its tensor names."""
         return formats.describe(keys, layout.network_prefix)
