@@ -26,7 +26,6 @@ from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
-from tuner_core.memory.block_swap import check_block_swap_device
 from tuner_core.network import NetworkType
 from tuner_core.options import meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
@@ -181,7 +180,6 @@ def _memory(
             f"swap {'in training' if training else 'in inference'} ({limit}); give at most {limit}"
         )
     problems.collect(lambda: check_memory_options(settings, plugins))
-    problems.collect(lambda: check_block_swap_device(settings))
 
 
 def _train(options: TrainOptions, architecture: Architecture, plugins: Plugins, problems: Problems) -> None:

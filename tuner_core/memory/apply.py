@@ -135,3 +135,5 @@ def check_memory_options(settings: MemorySettings, plugins: Plugins) -> None:
             raise NotAvailableError(
                 f"{flag}: no memory strategy for it is installed in this version of tuner"
             )
+    for strategy, own in _enabled(plugins, settings):
+        strategy.check(own)

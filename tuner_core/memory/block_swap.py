@@ -352,6 +352,10 @@ class BlockSwap(MemoryStrategy):
         """Whenever blocks are to swap, in training and in inference."""
         return settings.blocks_to_swap > 0
 
+    def check(self, settings: MemorySettings) -> None:
+        """Block swap needs a CUDA GPU (tests set ``TUNER_BLOCK_SWAP_CPU=1``)."""
+        check_block_swap_device(settings)
+
     def apply(
         self, model: nn.Module, layout: ModelLayout, settings: MemorySettings, device: torch.device
     ) -> None:

@@ -63,6 +63,10 @@ class MemoryStrategy:
         """
         raise NotImplementedError
 
+    def check(self, settings: MemorySettings) -> None:
+        """Refuse, before any model loads, settings this strategy cannot run with here (raise a
+        :class:`~tuner_core.errors.TunerError` saying what to do). Called only when :meth:`enabled`."""
+
     def transform_tensor(
         self, key: str, tensor: torch.Tensor, layout: ModelLayout, settings: MemorySettings
     ) -> Mapping[str, torch.Tensor]:
