@@ -19,6 +19,7 @@ from tuner_cli import parser as options_parser
 from tuner_cli.show_plugins import format_plugins
 from tuner_core.architecture import Architecture
 from tuner_core.commands import COMMAND_OPTIONS, options_class, own_option_names
+from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.errors import ConfigError, TunerError
 from tuner_core.logging_setup import configure_logging
 from tuner_core.memory.apply import unavailable_memory_options
@@ -189,7 +190,9 @@ def _typed_jobs(options: Any, architecture: Architecture) -> Iterator[SampleRequ
     The library would report through the log; here the greeting and a skipped line's error go to the
     user's terminal, with a ``> `` marker before each line is read.
     """
-    if not getattr(options, "interactive", False) or options.latent_path or options.save_merged_model:
+    if not isinstance(options, GenerateOptions) or not options.interactive:
+        return None
+    if options.latent_path or options.save_merged_model:
         return None  # not interactive, or interactive is moot (decoding latents, saving a merged model)
     from tuner_core.sampling.jobs import interactive_requests
 

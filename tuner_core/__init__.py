@@ -23,6 +23,7 @@ from tuner_core.errors import (
     TunerError,
 )
 from tuner_core.hookspecs import hookimpl
+from tuner_core.memory.fp8 import fp8_linear_transform, use_fp8_linears
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.network import ConvertedWeights, Network, NetworkType
 from tuner_core.options import at_least, build_options, option
@@ -73,9 +74,11 @@ __all__ = [
     "TunerError",
     "at_least",
     "build_options",
+    "fp8_linear_transform",
     "hookimpl",
     "load_dataset_config",
     "make_plugin_manager",
     "option",
     "shift_sigmas",
+    "use_fp8_linears",
 ]

@@ -174,8 +174,31 @@ class NetworkType:
         weights: Mapping[str, torch.Tensor],
         multiplier: float,
     ) -> list[str]:
-        """Add saved adapter weights into ``model``'s weights in place; return the names left unused."""
+        """Add saved adapter weights into ``model``'s weights in place; return the names left unused.
+
+        The core also calls it on a one-layer stand-in (a module tree holding just the layer at its module
+        path), with the tensors :meth:`layer_weights` grouped for that layer, to merge each weight while the
+        checkpoint streams in, before fp8 quantises it.
+        """
         raise NotImplementedError
+
+    def layer_weights(
+        self, layout: ModelLayout, weights: Mapping[str, torch.Tensor], module_paths: Sequence[str]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """A loadable file's tensors (as :meth:`normalize_weights` names them) grouped by the module path of
+        the layer each adapts; tensors of no layer among ``module_paths`` are left out.
+
+        The default follows kohya's naming, which LoRA and LyCORIS files share: a layer's tensors are named
+        ``<network_prefix>_<module path with dots as underscores>.<part>``. Where two module paths share that
+        name, the last one gets the tensors, as when merging into a loaded model.
+        """
+        names = {f"{layout.network_prefix}_{path.replace('.', '_')}": path for path in module_paths}
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in weights.items():
+            path = names.get(key.split(".", 1)[0])
+            if path is not None:
+                groups.setdefault(path, {})[key] = tensor
+        return groups
 
     def metadata(self, dim: int, alpha: float, args: Mapping[str, Any]) -> dict[str, str]:
         """Metadata written into saved files (``ss_network_module``, ``ss_network_dim``, ...)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -383,14 +384,12 @@ def test_fp8_in_a_layer_that_is_not_a_linear_is_refused():
 
 
 def test_full_fine_tuning_of_fp8_weights_is_refused():
-    class Train:
-        network_module = None
-        fp8_fast = False
-
+    full = attrs.evolve(settings(training=True), full_fine_tuning=True)
     with pytest.raises(ConfigError, match="--network_module"):  # before any tensor is read
-        Fp8Weights().plan_load({}, LAYOUT, settings(training=True, options=Train()))
+        Fp8Weights().plan_load({}, LAYOUT, full)
     with pytest.raises(ConfigError, match="--network_module"):
-        Fp8Weights().apply(Toy(), LAYOUT, settings(training=True, options=Train()), torch.device("cpu"))
+        Fp8Weights().apply(Toy(), LAYOUT, full, torch.device("cpu"))
+    Fp8Weights().plan_load({}, LAYOUT, settings(training=True))  # a network on top trains instead
 
 
 def test_fp8_options_are_available_and_the_rest_is_still_refused():
@@ -402,14 +401,3 @@ def test_fp8_options_are_available_and_the_rest_is_still_refused():
     if "blocks_to_swap" in unavailable_memory_options(plugins, training=True):
         with pytest.raises(NotAvailableError, match="--blocks_to_swap"):
             check_memory_options(MemorySettings(blocks_to_swap=2, training=True), plugins)
-
-
-def test_merging_lora_files_into_scaled_weights_is_refused_before_any_tensor_is_read():
-    class Generate:
-        lora_weight = ["style.safetensors"]
-        fp8_fast = False
-
-    strategy = Fp8Weights()
-    with pytest.raises(NotAvailableError, match="--lora_weight with --fp8_scaled.*--save_merged_model"):
-        strategy.plan_load({}, LAYOUT, settings(options=Generate()))
-    strategy.plan_load({}, LAYOUT, settings(scaled=False, options=Generate()))  # plain fp8 merges as before

@@ -1,5 +1,7 @@
 """Run by ``accelerate launch`` / ``torchrun`` from test_multiprocess.py: train the toy on every process and
-record, per process, the batches it saw and a checksum of the trainable weights after every step."""
+record, per process, the batches it saw and a checksum of the trainable weights after every step.
+
+Arguments: the toy workspace, the output directory, and optionally more train options as JSON."""
 
 import json
 import sys
@@ -41,9 +43,10 @@ class ToyWorkspace:
 
 if __name__ == "__main__":
     toy, out = ToyWorkspace(sys.argv[1]), Path(sys.argv[2])
+    extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # more train options (block swap)
     recorder = Recorder()
     plugins = make_plugin_manager(plugins=[recorder])
-    run("train", train_values(toy, out, max_train_epochs=2, network_dropout=None), plugins)
+    run("train", train_values(toy, out, max_train_epochs=2, network_dropout=None, **extra), plugins)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{recorder.rank}.json").write_text(
         json.dumps({"batches": recorder.batches, "checksums": recorder.checksums})

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tuner_core.commands.network_merge import merge_networks, network_file_problems
 from tuner_core.errors import ConfigError
+from tuner_core.network_files import NetworkFile, network_file_problems
+from tuner_core.network_merge import merge_networks
 from tuner_core.plugins import make_plugin_manager
 from tuner_core.weights import layer_paths
 from tuner_framepack.architecture import FramePackArchitecture
@@ -228,14 +229,20 @@ def test_layouts_are_told_apart_and_foreign_files_described():
 # -- through the generate command's merging ------------------------------------------------------------
 
 
-def _options(paths, multipliers=(), include=(), exclude=()):
-    return SimpleNamespace(
-        lora_weight=list(paths),
-        lora_multiplier=list(multipliers),
-        include_patterns=list(include),
-        exclude_patterns=list(exclude),
-        lycoris=False,
-    )
+def _files(paths, multipliers=(), include=(), exclude=()):
+    return [
+        NetworkFile(
+            path,
+            multipliers[i] if i < len(multipliers) else 1.0,
+            include[i] if i < len(include) else None,
+            exclude[i] if i < len(exclude) else None,
+        )
+        for i, path in enumerate(paths)
+    ]
+
+
+def _merge(model, files, architecture, plugins):
+    merge_networks(model, files, list(plugins.networks()), architecture)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +262,7 @@ def test_two_files_in_two_layouts_combine_linearly(setup, plugins, tmp_path):
     base = build_tiny_dit(setup.config, seed=3)
     model = build_tiny_dit(setup.config, seed=3)
     architecture = plugins.architecture("framepack")
-    merge_networks(model, _options([first, second], [0.7, -0.4]), architecture, plugins)
+    _merge(model, _files([first, second], [0.7, -0.4]), architecture, plugins)
     _, one = _merged_output(setup, setup.weights)
     for key, weight in model.state_dict().items():
         delta = one.state_dict()[key] - base.state_dict()[key]
@@ -268,8 +275,8 @@ def test_patterns_match_the_normalized_names(setup, plugins, tmp_path):
     save_file(_hunyuan_state(setup, spelling="diffusers"), str(path))
     model = build_tiny_dit(setup.config, seed=3)
     base = build_tiny_dit(setup.config, seed=3).state_dict()
-    options = _options([path], include=[r"^lora_unet_transformer_blocks_0_attn_to_q\."])
-    merge_networks(model, options, plugins.architecture("framepack"), plugins)
+    files = _files([path], include=[r"^lora_unet_transformer_blocks_0_attn_to_q\."])
+    _merge(model, files, plugins.architecture("framepack"), plugins)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, base[k])}
     assert changed == {"transformer_blocks.0.attn.to_q.weight"}
 
@@ -283,9 +290,7 @@ def test_unmatched_layers_are_listed_once(setup, plugins, tmp_path, caplog):
     }
     save_file({**setup.weights, **extra}, str(path))
     with caplog.at_level(logging.WARNING):
-        merge_networks(
-            build_tiny_dit(setup.config), _options([path]), plugins.architecture("framepack"), plugins
-        )
+        _merge(build_tiny_dit(setup.config), _files([path]), plugins.architecture("framepack"), plugins)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].count("lora_unet_nowhere_0") == 1, warnings
     assert "3 tensors (1 layers)" in warnings[0]
@@ -304,11 +309,11 @@ def test_a_file_of_which_nothing_matches_is_an_error_saying_what_it_looks_like(p
     with pytest.raises(
         ConfigError, match=r"sdxl_unet\.safetensors: none of its 2 tensors .* SD 1\.x / SDXL UNet"
     ):
-        merge_networks(build_tiny_dit(tiny_dit_config()), _options([unet]), architecture, plugins)
+        _merge(build_tiny_dit(tiny_dit_config()), _files([unet]), architecture, plugins)
     encoder = tmp_path / "te.safetensors"
     save_file(
         {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}, str(encoder)
     )
-    problems = network_file_problems(_options([unet, encoder]), plugins, architecture)
+    problems = network_file_problems(_files([unet, encoder]), list(plugins.networks()), architecture, None)
     assert len(problems) == 1 and "te.safetensors" in problems[0]
     assert "looks like an SDXL text-encoder LoRA" in problems[0]

@@ -20,12 +20,14 @@ import torch
 from tuner_core.architecture import Architecture
 from tuner_core.commands import own_option_names
 from tuner_core.commands.cache_run import resolve_device
-from tuner_core.commands.network_merge import merge_networks, save_merged_model
 from tuner_core.commands.result import CommandResult
+from tuner_core.commands.save_merged import save_merged_model
 from tuner_core.components import Components
 from tuner_core.config.generate_options import GenerateOptions
 from tuner_core.errors import ConfigError
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
+from tuner_core.network_files import lora_weight_files, merge_network_types
+from tuner_core.network_merge import NetworkMerge
 from tuner_core.options import coerce, option_fields
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.jobs import interactive_requests, read_prompt_jobs
@@ -33,6 +35,7 @@ from tuner_core.sampling.outputs import generation_metadata, read_latent_file, w
 from tuner_core.sampling.request import SampleRequest
 from tuner_core.seeds import random_seed
 from tuner_core.training.model_setup import memory_settings
+from tuner_core.weights import chain_transforms
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +110,13 @@ def _components(
     """The command's components; the denoiser gets the LoRA files and the memory strategies as it loads."""
     settings = memory_settings(options, training=False)
     denoiser = architecture.trained_component
+    merge = None
+    if options.lora_weight:  # merged into each weight as it streams in, before fp8 quantises it
+        merge = NetworkMerge(lora_weight_files(options), merge_network_types(options, plugins), architecture)
 
     def prepare(model: torch.nn.Module) -> torch.nn.Module:
-        merge_networks(model, options, architecture, plugins)
+        if merge is not None:
+            merge.finish(model)
         apply_memory_strategies(model, architecture.layout, settings, plugins, device)
         return model
 
@@ -119,7 +126,9 @@ def _components(
         options,
         device,
         architecture.components("generate", options),
-        transforms={denoiser: load_transform(architecture.layout, settings, plugins)},
+        transforms={
+            denoiser: chain_transforms(merge, load_transform(architecture.layout, settings, plugins))
+        },
         prepare={denoiser: prepare},
         hold=hold,
         # Block swap places each weight itself: the denoiser loads on the CPU, never whole on the GPU.

@@ -19,7 +19,6 @@ from typing import Any
 import attrs
 
 from tuner_core.architecture import Architecture
-from tuner_core.commands.network_merge import network_file_problems
 from tuner_core.config.cache_options import CacheOptions
 from tuner_core.config.dataset import load_dataset_config
 from tuner_core.config.generate_options import GenerateOptions
@@ -27,6 +26,14 @@ from tuner_core.config.train_options import TrainOptions
 from tuner_core.errors import ConfigError, NotAvailableError, NotSupportedError, TunerError
 from tuner_core.memory.apply import check_memory_options
 from tuner_core.network import NetworkType
+from tuner_core.network_files import (
+    NetworkFile,
+    base_weight_files,
+    denoiser_layer_paths,
+    lora_weight_files,
+    merge_network_types,
+    network_file_problems,
+)
 from tuner_core.options import meta, option_fields, sequence_item_type, unwrap_optional
 from tuner_core.plugins import Plugins
 from tuner_core.sampling.jobs import read_prompt_jobs
@@ -200,6 +207,7 @@ def _train(options: TrainOptions, architecture: Architecture, plugins: Plugins, 
                 problems.add(message)
     if options.dim_from_weights and options.network_weights is None:
         problems.add("--dim_from_weights reads the rank from --network_weights: give --network_weights too")
+    _network_files(base_weight_files(options), options, architecture, plugins, problems)
     problems.collect(
         lambda: check_optimizer_options(options.optimizer_type, options.learning_rate, options.optimizer_args)
     )
@@ -259,7 +267,26 @@ def _generate(
         if not options.latent_path and architecture.can_sample:
             _jobs(options, architecture, problems)
         _memory(options, architecture, plugins, problems, training=False)
-    for message in network_file_problems(options, plugins, architecture):
+    _network_files(lora_weight_files(options), options, architecture, plugins, problems)
+
+
+def _network_files(
+    files: list[NetworkFile],
+    options: GenerateOptions | TrainOptions,
+    architecture: Architecture,
+    plugins: Plugins,
+    problems: Problems,
+) -> None:
+    """``--lora_weight`` / ``--base_weights``: each file readable by a network type and for this model."""
+    if not files:
+        return
+    try:
+        network_types = merge_network_types(options, plugins)
+    except ConfigError as exc:
+        problems.add(f"--lycoris: {exc}")
+        return
+    layers = denoiser_layer_paths(options, architecture)
+    for message in network_file_problems(files, network_types, architecture, layers):
         problems.add(message)
 
 

@@ -16,13 +16,18 @@ A checkpoint already stored in fp8 (with or without ``scale_weight`` tensors) is
 every Linear with an fp8 weight becomes an :class:`~tuner_core.memory.fp8_linear.Fp8Linear` that computes
 in the compute dtype (:meth:`Fp8Weights.apply`). Networks (LoRA) wrap those layers afterwards and train in
 their own dtype; the fp8 weights never take gradients.
+
+A plugin's own fp8 option for a model no memory strategy handles (FramePack's ``--fp8_llm`` for its LLaMA
+text encoder) uses the same cast and the same layer, through two public functions:
+:func:`fp8_linear_transform` (a loader transform storing the model's Linear weights in fp8 while they
+stream in) and :func:`use_fp8_linears` (those layers then compute through :class:`Fp8Linear`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import attrs
@@ -31,7 +36,7 @@ from torch import nn
 
 from tuner_core.architecture import ModelLayout
 from tuner_core.config.train_options import MEMORY
-from tuner_core.errors import ConfigError, ModelLoadError, NotAvailableError, PluginError
+from tuner_core.errors import ConfigError, ModelLoadError, PluginError
 from tuner_core.memory.fp8_format import (
     FP8_DTYPES,
     SCALE_SUFFIX,
@@ -46,7 +51,7 @@ from tuner_core.memory.fp8_linear import Fp8Linear, fp8_matmul_problem, make_fp8
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.options import option
 from tuner_core.weights.reader import TensorInfo
-from tuner_core.weights.stream import StoredPlan
+from tuner_core.weights.stream import StoredPlan, Transform
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,54 @@ def quantisable_names(shapes: Mapping[str, tuple[int, ...]], layout: ModelLayout
     return [name for name, shape in shapes.items() if is_quantisable(name, tuple(shape), layout)]
 
 
+class _LinearWeightsToFp8:
+    """The transform :func:`fp8_linear_transform` returns: the named weights cast to fp8."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def __call__(self, key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {key: cast_to_fp8(tensor) if key in self.names else tensor}
+
+
+def fp8_linear_transform(model: nn.Module, *, select: Callable[[str], bool] | None = None) -> Transform:
+    """A loader transform that stores ``model``'s Linear weights in float8_e4m3fn while they stream in.
+
+    Give it to :func:`tuner_core.weights.load_into_model` (``transform=``) for ``model`` built on the meta
+    device (after any transform the loader was handed: ``chain_transforms(transform, fp8)``); afterwards call
+    :func:`use_fp8_linears` on the loaded model. Each 2-D ``<path>.weight`` of an ``nn.Linear`` is cast
+    without a scale (clamped to ±448, NaN as 0, as ``--fp8_base`` alone does); biases, embeddings, norms and
+    every other tensor keep the loader's ``dtype``.
+
+    :param select: which Linear weights, by model name (``None``: all of them).
+    """
+    names: set[str] = set()
+    for path, module in model.named_modules():
+        name = f"{path}.weight" if path else "weight"
+        if isinstance(module, nn.Linear) and module.weight.dim() == 2 and (select is None or select(name)):
+            names.add(name)
+    return _LinearWeightsToFp8(frozenset(names))
+
+
+def use_fp8_linears(model: nn.Module) -> int:
+    """Make every Linear of ``model`` that holds a float8 weight compute through :class:`Fp8Linear`.
+
+    Each such layer then upcasts its weight to the compute dtype on every call (autocast's dtype under
+    autocast, else the input's), on CPU and GPU alike; only the class changes (parameters and state-dict
+    names stay). Layers already converted are left as they are. Returns how many layers hold fp8 weights.
+
+    :raises PluginError: an fp8 tensor sits in a module that is not a Linear, which could not compute with it.
+    """
+    linears = _fp8_linears(model)
+    for module in linears.values():
+        if not isinstance(module, Fp8Linear):
+            make_fp8_linear(module)
+    return len(linears)
+
+
 def _fp8_fast(settings: MemorySettings) -> bool:
-    return bool(getattr(settings.options, "fp8_fast", False))
+    # The strategy is always handed its own options (strategy_settings); other settings never ask.
+    return isinstance(settings.options, Fp8Options) and settings.options.fp8_fast
 
 
 def _mode(settings: MemorySettings) -> str | None:
@@ -127,11 +178,9 @@ class Fp8Weights(MemoryStrategy):
 
         :raises ModelLoadError: a scale whose weight is missing, not quantisable, not stored in fp8, or
             whose shape fits no layout of that weight.
-        :raises NotAvailableError: ``--lora_weight`` files to merge into scaled weights (not yet).
         :raises ConfigError: full fine-tuning was asked for (fp8 weights cannot be trained).
         """
         _refuse_full_fine_tuning(settings)
-        _refuse_merging_into_scaled(settings)
         extra: set[str] = set()
         uncast: set[str] = set()
         for name, info in stored.items():
@@ -246,23 +295,8 @@ def _check_stored_scale(
 
 def _refuse_full_fine_tuning(settings: MemorySettings) -> None:
     """fp8 weights take no gradients: training needs a network on top (checked before the load too)."""
-    if settings.training and getattr(settings.options, "network_module", "") is None:
+    if settings.full_fine_tuning:
         raise ConfigError(
             "--fp8_base stores the base model's block weights in fp8, which cannot be trained: give "
             "--network_module (LoRA) or leave --fp8_base out for full fine-tuning"
-        )
-
-
-def _refuse_merging_into_scaled(settings: MemorySettings) -> None:
-    """Refuse ``--lora_weight`` with scaled fp8 weights: the merge runs after loading and would add each
-    update to the quantised values, ignoring their scales. (Merging before quantising, while the weights
-    stream in, is what the reference does; until tuner does too, the two-step route below is exact.)"""
-    options = settings.options
-    if settings.training or not getattr(options, "lora_weight", None):
-        return
-    if settings.fp8_scaled or _fp8_fast(settings):
-        raise NotAvailableError(
-            "--lora_weight with --fp8_scaled: merging LoRA files into fp8-scaled weights is not available "
-            "yet. Merge them first (tuner generate --save_merged_model merged.safetensors --lora_weight ..., "
-            "without --fp8_scaled), then generate from merged.safetensors with --fp8_scaled"
         )

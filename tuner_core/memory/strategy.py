@@ -28,6 +28,8 @@ class MemorySettings:
     use_pinned_memory_for_block_swap: bool = False
     #: True while training (backward passes happen), False for inference.
     training: bool = False
+    #: True when training updates the model's own weights (no network on top: full fine-tuning).
+    full_fine_tuning: bool = False
     #: The command's whole options object, where a strategy reads the options it declared itself
     #: (:attr:`MemoryStrategy.options`). Left out of the hash: option values may be lists.
     options: Any = attrs.field(default=None, repr=False, hash=False)

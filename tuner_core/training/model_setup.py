@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from tuner_core.architecture import Architecture, ModelLayout
@@ -21,8 +18,11 @@ from tuner_core.errors import ConfigError
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
 from tuner_core.memory.strategy import MemorySettings
 from tuner_core.network import Network, NetworkType
+from tuner_core.network_files import NetworkFile, base_weight_files, merge_network_types, read_network_file
+from tuner_core.network_merge import NetworkMerge
 from tuner_core.plugins import Plugins
 from tuner_core.training.optimizers import parse_optimizer_args
+from tuner_core.weights import chain_transforms
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def memory_settings(options: TrainOptions | GenerateOptions, *, training: bool) 
             gradient_checkpointing_cpu_offload=options.gradient_checkpointing_cpu_offload,
             use_pinned_memory_for_block_swap=options.use_pinned_memory_for_block_swap,
             training=training,
+            full_fine_tuning=training and options.network_module is None,
             options=options,
         )
     return MemorySettings(  # generate calls train's --fp8_base --fp8 and keeps no activations
@@ -125,46 +126,6 @@ def _saved_rank(weights: Mapping[str, torch.Tensor], default: int) -> int:
     return default
 
 
-def read_network_file(path: Path, network_type: NetworkType, layout: ModelLayout) -> dict[str, torch.Tensor]:
-    """A network file's tensors under the names ``network_type`` saves (other layouts converted)."""
-    with safe_open(str(path), "pt") as handle:
-        metadata = dict(handle.metadata() or {})
-    weights = network_type.normalize_weights(layout, load_file(str(path)), metadata)
-    return {k: v for k, v in weights.items() if v is not None}
-
-
-def merge_base_weights(model: nn.Module, options: Any, architecture: Architecture, plugins: Plugins) -> None:
-    """``--base_weights``: merge each file into the model before the network is created, as the reference
-    does, with its ``--base_weights_multiplier`` (1.0 for a file without one), through the installed network
-    type that recognises the file's tensors."""
-    layout = architecture.layout
-    for index, path in enumerate(options.base_weights):
-        multipliers = options.base_weights_multiplier
-        multiplier = multipliers[index] if index < len(multipliers) else 1.0
-        with safe_open(str(path), "pt") as handle:
-            keys = set(handle.keys())
-        network_type = next((n for n in plugins.networks() if n.can_load(keys)), None)
-        if network_type is None:
-            raise ConfigError(
-                f"--base_weights {path}: no installed network type ({', '.join(plugins.networks().names())}) "
-                f"recognises its tensors (e.g. {', '.join(sorted(keys)[:2]) or 'none'})"
-            )
-        weights = read_network_file(path, network_type, layout)
-        unused = network_type.merge_into(model, layout, weights, multiplier)
-        if weights and len(unused) == len(weights):
-            raise ConfigError(
-                f"--base_weights {path}: none of its {len(weights)} tensors matches a layer of this "
-                f"--arch {architecture.name} model (e.g. {unused[0]})"
-            )
-        if unused:
-            log.warning(
-                "%s: %d tensors matched no layer of the model (e.g. %s)", path.name, len(unused), unused[0]
-            )
-        log.info(
-            "--base_weights: merged %s (%s) with multiplier %g", path.name, network_type.name, multiplier
-        )
-
-
 def _create_network(
     options: Any, model: nn.Module, layout: ModelLayout, network_type: NetworkType, args: dict[str, Any]
 ) -> tuple[Network, dict[str, torch.Tensor] | None, int]:
@@ -173,7 +134,8 @@ def _create_network(
     if options.network_weights is not None:
         if not options.network_weights.is_file():
             raise ConfigError(f"--network_weights {options.network_weights} does not exist")
-        initial = read_network_file(options.network_weights, network_type, layout)
+        weights_file = NetworkFile(options.network_weights, option="--network_weights")
+        initial = read_network_file(weights_file, [network_type], layout)[1]
     dim = options.network_dim or DEFAULT_NETWORK_DIM
     common = {"alpha": options.network_alpha, "dropout": options.network_dropout, "args": args}
     if options.dim_from_weights:
@@ -190,14 +152,19 @@ def prepare_model(
     """Load the trained component and make it trainable: a network on top, or full fine-tuning."""
     settings = memory_settings(options, training=True)
     name = architecture.trained_component
-    transforms = {name: load_transform(architecture.layout, settings, plugins)}
+    # --base_weights merge into each weight as it streams in (before fp8), as the reference merges them
+    # before the network is created.
+    merge = None
+    if options.base_weights:
+        merge = NetworkMerge(base_weight_files(options), merge_network_types(options, plugins), architecture)
+    transforms = {name: chain_transforms(merge, load_transform(architecture.layout, settings, plugins))}
     # Block swap places each weight itself: the model loads on the CPU and never sits whole on the GPU.
     load_devices = {name: torch.device("cpu")} if settings.blocks_to_swap > 0 else None
     model: nn.Module = Components(
         architecture, plugins, options, device, (name,), transforms=transforms, load_devices=load_devices
     ).load(name)
-    if options.base_weights:
-        merge_base_weights(model, options, architecture, plugins)
+    if merge is not None:
+        merge.finish(model)
     applied = apply_memory_strategies(model, architecture.layout, settings, plugins, device)
     model.train()
 

@@ -42,6 +42,7 @@ from tuner_core.training.cached_data import (
     find_cached_items,
     stack_batch,
 )
+from tuner_core.training.distributed import leave_frozen_weights_out_of_ddp
 from tuner_core.training.lr_schedulers import check_lr_options, lr_scheduler_for
 from tuner_core.training.max_norm import scale_weight_norms
 from tuner_core.training.metadata import training_metadata
@@ -156,6 +157,7 @@ def _setup(
     built, scheduler = _optimizer_and_schedule(options, prepared, total_steps)
     # A block-swapped model is placed by its strategy; accelerate moving it whole would undo that.
     placement = [options.blocks_to_swap == 0, True]
+    leave_frozen_weights_out_of_ddp(prepared.step, accelerator)
     step_module, optimizer = accelerator.prepare(prepared.step, built.optimizer, device_placement=placement)
     run = TrainingRun(
         options=options,

@@ -23,7 +23,14 @@ from tuner_core.weights.reader import (
 )
 from tuner_core.weights.save import save_json, save_safetensors, save_sharded_safetensors
 from tuner_core.weights.sniff import describe_start, not_a_checkpoint, sniff_format
-from tuner_core.weights.stream import LoadResult, StoredPlan, Transform, load_into_model, mismatch_error
+from tuner_core.weights.stream import (
+    LoadResult,
+    StoredPlan,
+    Transform,
+    chain_transforms,
+    load_into_model,
+    mismatch_error,
+)
 
 __all__ = [
     "CheckpointFiles",
@@ -35,6 +42,7 @@ __all__ = [
     "TensorSource",
     "Transform",
     "atomic_write",
+    "chain_transforms",
     "checkpoint_layer_paths",
     "describe_start",
     "file_identity",

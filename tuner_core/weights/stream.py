@@ -46,6 +46,39 @@ def _plan(transform: Transform | None, stored: Mapping[str, TensorInfo]) -> Stor
     return plan(stored) if plan is not None else StoredPlan()
 
 
+class ChainedTransforms:
+    """Transforms applied one after the other (each to all the previous one's outputs); its ``plan`` asks
+    each transform's and takes the union. Made by :func:`chain_transforms`."""
+
+    def __init__(self, transforms: list[Transform]) -> None:
+        self.transforms = transforms
+
+    def plan(self, stored: Mapping[str, TensorInfo]) -> StoredPlan:
+        """The union of the chained transforms' plans."""
+        plans = [_plan(t, stored) for t in self.transforms]
+        return StoredPlan(
+            frozenset().union(*(p.extra for p in plans)), frozenset().union(*(p.uncast for p in plans))
+        )
+
+    def __call__(self, key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every transform in turn."""
+        outputs: dict[str, torch.Tensor] = {key: tensor}
+        for transform in self.transforms:
+            outputs = {name: out for k, t in outputs.items() for name, out in transform(k, t).items()}
+        return outputs
+
+
+def chain_transforms(*transforms: Transform | None) -> Transform | None:
+    """One transform doing ``transforms`` in order (``None`` entries skipped; ``None`` if none is left).
+
+    Network files merge before the memory strategies quantise: ``chain_transforms(merge, strategies)``.
+    """
+    chosen = [t for t in transforms if t is not None]
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
+    return ChainedTransforms(chosen)
+
+
 #: How many names an error message lists per kind before it only counts the rest.
 SHOWN_KEYS = 5
 

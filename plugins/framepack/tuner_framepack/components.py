@@ -11,9 +11,14 @@ from typing import Any
 import attrs
 import torch
 
-from tuner_core import ConfigError, TrainOptions
+from tuner_core import ConfigError, GenerateOptions, TrainOptions
 from tuner_core.weights import Transform
-from tuner_framepack.options import FramePackCacheLatentsOptions, FramePackTrainOptions
+from tuner_framepack.options import (
+    FramePackCacheLatentsOptions,
+    FramePackCacheTextOptions,
+    FramePackGenerateOptions,
+    FramePackTrainOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,19 @@ _SHORT_NAMES = {
 }
 
 
+def fp8_blocks(options: Any) -> bool:
+    """Whether the DiT's block weights are stored in fp8: ``--fp8_base`` (train) or ``--fp8`` (generate)."""
+    if isinstance(options, TrainOptions):
+        return options.fp8_base
+    return isinstance(options, GenerateOptions) and options.fp8
+
+
+def fp8_llm(options: Any) -> bool:
+    """Whether ``--fp8_llm`` stores the LLaMA's Linear weights in fp8 (commands without the option: no)."""
+    with_llama = (FramePackCacheTextOptions, FramePackTrainOptions, FramePackGenerateOptions)
+    return isinstance(options, with_llama) and options.fp8_llm
+
+
 def full_fine_tuning(options: Any) -> bool:
     """Whether ``options`` train the whole DiT (``tuner train`` without ``--network_module``)."""
     return isinstance(options, TrainOptions) and options.network_module is None
@@ -144,10 +162,10 @@ def _tell_dtypes_once(options: Any, device: torch.device) -> None:
         return
     _told.add(id(options))
     weakref.finalize(options, _told.discard, id(options))
-    fp8_blocks = getattr(options, "fp8_base", False) or getattr(options, "fp8", False)
-    notes = {"dit": " (fp8 block weights)" if fp8_blocks else "", "text_encoder1": ""}
-    if getattr(options, "fp8_llm", False):
-        notes["text_encoder1"] = " (fp8 weights)"
+    notes = {
+        "dit": " (fp8 block weights)" if fp8_blocks(options) else "",
+        "text_encoder1": " (fp8 weights)" if fp8_llm(options) else "",
+    }
     parts = [
         f"{_SHORT_NAMES[name]} {str(dtype).removeprefix('torch.')}{notes.get(name, '')}"
         for name, dtype in component_dtypes(options, device).items()

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from tuner_core import ModelLoadError
-from tuner_core.weights import Transform
-from tuner_framepack.encoders.fp8 import FP8_DTYPE, use_upcast_linears
+from tuner_core import ModelLoadError, fp8_linear_transform, use_fp8_linears
+from tuner_core.weights import Transform, chain_transforms
 from tuner_framepack.encoders.identify import LLAMA, require_model
 from tuner_framepack.encoders.locate import locate_weights, read_config
 from tuner_framepack.encoders.streaming import build_empty, load_weights, open_weights, tensor_shapes
@@ -125,9 +123,10 @@ def load_text_encoder1(
 ) -> LlamaModel:
     """Load the LLaMA text encoder from a Comfy file, the first of a shard set, or a snapshot directory.
 
-    With ``fp8`` (``--fp8_llm``) every Linear weight is stored as float8_e4m3fn while embeddings and norms
-    stay in ``dtype``; each Linear upcasts its weight to the activation dtype when it runs, so the encoder
-    computes in ``dtype`` at about half the weight memory. Works on CPU and GPU.
+    With ``fp8`` (``--fp8_llm``) every Linear weight is stored as float8_e4m3fn while it streams in (the
+    core's :func:`~tuner_core.fp8_linear_transform`); embeddings and norms stay in ``dtype``. Each Linear then
+    upcasts its weight to the compute dtype when it runs (the core's ``Fp8Linear``), so the encoder computes
+    in ``dtype`` at about half the weight memory. Works on CPU and GPU.
     """
     location = locate_weights(
         Path(path), subfolder=TEXT_ENCODER1_SUBFOLDER, patterns=LLAMA_PATTERNS, option=option
@@ -141,21 +140,14 @@ def load_text_encoder1(
             else llama_config_from_shapes(tensor_shapes(source, llama_tensor_name), source.description)
         )
         model = build_empty(lambda: LlamaModel(config))
-        linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-
-        def to_fp8(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-            outputs = transform(name, tensor) if transform is not None else {name: tensor}
-            return {k: t.to(FP8_DTYPE) if k in linear_weights else t for k, t in outputs.items()}
-
+        if fp8:
+            # Only the Linear weights: the reference casts its embeddings back to the compute dtype, and its
+            # fp32 RMSNorm forward is what transformers' LlamaRMSNorm computes anyway (normalise in float32,
+            # scale in the input dtype), so the norms keep their stock forward with weights in ``dtype``.
+            transform = chain_transforms(transform, fp8_linear_transform(model))
         load_weights(
-            model,
-            source,
-            llama_tensor_name,
-            device=device,
-            dtype=dtype,
-            option=option,
-            transform=to_fp8 if fp8 else transform,
+            model, source, llama_tensor_name, device=device, dtype=dtype, option=option, transform=transform
         )
     if fp8:
-        use_upcast_linears(model)
+        use_fp8_linears(model)
     return model
