@@ -81,7 +81,8 @@ def test_each_algorithm_trains_saves_and_merges_to_the_unmerged_output(algo, tmp
     assert all(k.startswith("lora_unet_") for k in weights)
     plugins = make_plugin_manager()
     sniffed = next(n for n in plugins.networks() if n.can_load(set(weights)))
-    assert sniffed.name == ("lora" if algo in ("lora", "locon", "dylora") else "lycoris")
+    by_type = {"lora": "lora", "locon": "lora", "dylora": "lora", "loha": "loha", "lokr": "lokr"}
+    assert sniffed.name == by_type.get(algo, "lycoris")
 
     if algo != "ia3":  # lycoris's own loader fails on its IA3 files (see tuner_lora.lycoris_merge)
         loaded, _ = lycoris.create_network_from_weights(1.0, str(path), None, None, _model())
@@ -311,3 +312,22 @@ def test_train_and_generate_with_lycoris_on_the_toy(toy, tmp_path):
     merged = images("merged", lora_weight=[weights], lycoris=True)
     assert merged != plain
     assert images("sniffed", lora_weight=[weights]) == merged  # found by its tensor names without --lycoris
+
+
+@pytest.mark.parametrize(
+    ("module", "algo", "key"), [("networks.loha", "loha", "hada_w1_a"), ("networks.lokr", "lokr", "lokr_w1")]
+)
+def test_musubi_loha_and_lokr_names_train_that_algorithm(module, algo, key):
+    plugins = make_plugin_manager()
+    network_type = plugins.network(module)
+    assert network_type.name == algo and network_type.check_args({}) == []
+    torch.manual_seed(0)
+    network = network_type.create(_model(), LAYOUT, dim=4, alpha=1.0, dropout=None, args={"factor": 4})
+    state = network.adapter_state_dict()
+    assert any(k.endswith(f".{key}") for k in state)
+    assert network_type.can_load(set(state)) and not plugins.network("lora").can_load(set(state))
+    # Sniffing a file at load picks the type of its algorithm; another algorithm is the lycoris type's.
+    loading = [n.name for n in plugins.networks() if n.can_load(set(state))]
+    assert loading[0] == algo
+    (problem,) = network_type.check_args({"algo": "ia3"})
+    assert f"--network_module {algo} trains {algo}" in problem and "lycoris.kohya" in problem

@@ -197,6 +197,20 @@ class LycorisNetworkType(NetworkType):
 
     name: ClassVar[str] = "lycoris"
     aliases: ClassVar[tuple[str, ...]] = ("lycoris.kohya",)
+    #: The algorithm this type trains (``None``: ``--network_args algo=...``, LoRA / LoCon by default).
+    algo: ClassVar[str | None] = None
+
+    def _args(self, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``args`` with this type's algorithm; another ``algo=`` given with it is an error."""
+        if self.algo is None:
+            return args
+        given = str(args.get("algo", self.algo)).lower()
+        if given != self.algo:
+            raise ConfigError(
+                f"--network_module {self.name} trains {self.algo}, but --network_args says algo={given}: "
+                f"leave algo out, or use --network_module lycoris.kohya with algo={given}"
+            )
+        return {**args, "algo": self.algo}
 
     def create(
         self,
@@ -211,6 +225,7 @@ class LycorisNetworkType(NetworkType):
     ) -> LycorisAdapter:
         """``lycoris.kohya.create_network(multiplier, dim, alpha, ...)`` on ``model`` with its own preset state."""
         kohya = import_kohya()
+        args = self._args(args)
         kwargs = lycoris_kwargs(args, dropout)
         verbose = flag(args, "verbose")
         with (
@@ -275,7 +290,7 @@ class LycorisNetworkType(NetworkType):
     def check_args(self, args: Mapping[str, Any]) -> list[str]:
         """An unknown ``algo`` before the model loads (lycoris itself is imported for the list)."""
         try:
-            lycoris_kwargs(args, None)
+            lycoris_kwargs(self._args(args), None)
         except ConfigError as exc:
             return [str(exc)]
         return []
@@ -315,3 +330,29 @@ class LycorisNetworkType(NetworkType):
             "ss_network_dim": str(dim),
             "ss_network_alpha": str(alpha),
         }
+
+
+class LohaNetworkType(LycorisNetworkType):
+    """LoHa (``--network_module networks.loha``, as in musubi-tuner): LyCORIS LoHa on the same targets. Its
+    files (``hada_w1_a`` ... and ``alpha`` per layer) are those musubi-tuner's LoHa writes and reads."""
+
+    name: ClassVar[str] = "loha"
+    aliases: ClassVar[tuple[str, ...]] = ("networks.loha",)
+    algo: ClassVar[str | None] = "loha"
+
+    def can_load(self, keys: set[str]) -> bool:
+        """LoHa files only (``hada_*`` tensors); other LyCORIS files are the lycoris type's."""
+        return any(".hada_" in key for key in keys) and super().can_load(keys)
+
+
+class LokrNetworkType(LycorisNetworkType):
+    """LoKr (``--network_module networks.lokr``, as in musubi-tuner): LyCORIS LoKr on the same targets, with
+    ``--network_args factor=...``; its files hold ``lokr_w1`` / ``lokr_w2`` (or their ``_a`` / ``_b``)."""
+
+    name: ClassVar[str] = "lokr"
+    aliases: ClassVar[tuple[str, ...]] = ("networks.lokr",)
+    algo: ClassVar[str | None] = "lokr"
+
+    def can_load(self, keys: set[str]) -> bool:
+        """LoKr files only (``lokr_*`` tensors); other LyCORIS files are the lycoris type's."""
+        return any(".lokr_" in key for key in keys) and super().can_load(keys)
