@@ -140,6 +140,22 @@ def test_fp8_scaled_halves_the_quantised_weights_and_streams_without_a_bf16_copy
     assert peak < weight_bytes(fp8) + one_tensor  # the model as it ends up, plus one tensor at a time
 
 
+def test_streaming_onto_the_compute_device_keeps_host_memory_to_one_tensor(dit_file):
+    # Loading for a GPU: each tensor is read into host memory, moved, and quantised there. The meta device
+    # stands in for the GPU (it holds no memory), so what the profiler sees is the host's share alone.
+    plugins, _ = plugins_and_arch()
+    bf16 = load(dit_file, scaled=None, dtype=torch.bfloat16)
+    transform = load_transform(LAYOUT, MemorySettings(fp8_base=True, fp8_scaled=True), plugins)
+    peak, model = peak_memory(
+        lambda: load_dit(dit_file, config=ROPE, dtype=torch.bfloat16, transform=transform, device="meta")
+    )
+    assert any(k.endswith(".scale_weight") for k in model.state_dict())
+    largest = max(t.numel() * t.element_size() for t in bf16.state_dict().values())
+    print(f"host peak streaming fp8-scaled onto the compute device: {peak / weight_bytes(bf16):.3f} of bf16")
+    assert peak < 0.6 * weight_bytes(bf16)  # the bound; in fact about one tensor:
+    assert peak <= 4 * largest  # the stored tensor and its bf16 cast, at most, at any time
+
+
 def test_a_saved_fp8_model_loads_back_as_it_is_and_in_the_references_way(dit_file, tmp_path):
     merged = tmp_path / "merged_fp8.safetensors"
     result = run("generate", {"dit": dit_file, "fp8_scaled": True, "save_merged_model": merged})

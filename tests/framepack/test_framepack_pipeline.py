@@ -332,5 +332,6 @@ def test_help_marks_what_is_not_available_yet(capsys):
         after = memory.split(flag + " ", 1)[1][:160]  # this option's help, a sentence or two
         assert "Not available yet" not in after.split(" --", 1)[0], flag
     assert "At most 36 for --arch framepack" in text
-    assert "Installed: lora (also" in text and "lycoris (also lycoris.kohya)" in text
+    assert "Installed: loha (also networks.loha)" in text and "lora (also networks.lora" in text
+    assert "lycoris (also lycoris.kohya)" in text
     assert "--one_frame Sample one-frame inference. Not available yet." in text

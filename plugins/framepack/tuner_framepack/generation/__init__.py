@@ -16,9 +16,8 @@ Typical wiring (see each module)::
 
 from tuner_framepack.generation.conditioning import ImageConditioning, SectionConditioner, SectionConditioning
 from tuner_framepack.generation.model_call import (
-    Denoise,
     ModelCallSettings,
-    Solver,
+    SectionSolver,
     VelocityModel,
     make_denoise,
     section_model_kwargs,
@@ -57,7 +56,6 @@ from tuner_framepack.generation.streamed_decode import (
 
 __all__ = [
     "CleanContext",
-    "Denoise",
     "ForwardHistory",
     "GenerationPlan",
     "ImageConditioning",
@@ -67,7 +65,7 @@ __all__ = [
     "SectionConditioning",
     "SectionResult",
     "SectionStep",
-    "Solver",
+    "SectionSolver",
     "StreamedDecoder",
     "TimeOrderedFeed",
     "VelocityModel",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from tuner_core.sampling import flow_denoiser
+from tuner_core.sampling import Denoiser, flow_denoiser
 from tuner_framepack.generation.conditioning import SectionConditioning
 from tuner_framepack.generation.section_plan import CleanContext
 
@@ -24,10 +24,9 @@ if TYPE_CHECKING:  # the encoders package imports transformers; only the type is
 #: The DiT (or anything with its keyword interface): ``predict_velocity(hidden_states=..., timestep=...,
 #: encoder_hidden_states=..., ...)`` -> velocity ``(B, C, T, h, w)``; see ``HunyuanVideoTransformer3DModelPacked``.
 VelocityModel = Callable[..., torch.Tensor]
-#: ``denoise(x, sigma)`` -> x0, with ``sigma`` of shape ``(B,)`` (or a scalar).
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``solver(denoise, noise, sigmas)`` -> the section's clean latents (UniPC returns its last x0).
-Solver = Callable[[Denoise, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``solver(denoise, noise, sigmas)`` -> the section's clean latents (UniPC returns its last x0): one of the
+#: core's solvers (:data:`tuner_core.sampling.SOLVERS`) with its options bound.
+SectionSolver = Callable[[Denoiser, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @attrs.frozen
@@ -83,7 +82,7 @@ def make_denoise(
     settings: ModelCallSettings,
     *,
     device: torch.device | str,
-) -> Denoise:
+) -> Denoiser:
     """The x0-predicting denoiser of one section, for the solver: the core's flow-matching wrapper
     (:func:`tuner_core.sampling.flow_denoiser`) around the DiT with this section's conditioning.
 

@@ -19,7 +19,12 @@ import attrs
 import torch
 
 from tuner_framepack.generation.conditioning import SectionConditioner
-from tuner_framepack.generation.model_call import ModelCallSettings, Solver, VelocityModel, make_denoise
+from tuner_framepack.generation.model_call import (
+    ModelCallSettings,
+    SectionSolver,
+    VelocityModel,
+    make_denoise,
+)
 from tuner_framepack.generation.section_plan import GenerationPlan, SectionStep, new_history
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ def generate_sections(
     conditioner: SectionConditioner,
     *,
     predict_velocity: VelocityModel,
-    solver: Solver,
+    solver: SectionSolver,
     sigmas: torch.Tensor,
     generator: torch.Generator,
     settings: ModelCallSettings,
