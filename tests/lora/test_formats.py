@@ -224,6 +224,9 @@ def test_layouts_are_told_apart_and_foreign_files_described():
     assert formats.describe({"lora_unet_double_blocks_0_img_mod_lin.lora_down.weight"}, "lora_unet") == (
         "a FLUX.1 LoRA"
     )
+    # A DiT shard given as a LoRA: plain layer weights, not a LoRA of any family.
+    shard = {"transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.to_q.bias"}
+    assert formats.describe(shard, "lora_unet").startswith("a model checkpoint, not a LoRA")
 
 
 # -- through the generate command's merging ------------------------------------------------------------

@@ -81,6 +81,9 @@ def describe(keys: Iterable[str], network_prefix: str) -> str:
     for pattern, what in LYCORIS:
         if any(pattern.search(k) for k in keys):
             return what + " (load it with --lycoris)"
+    if not _modules(keys, network_prefix) and all(k.endswith((".weight", ".bias")) for k in keys):
+        # Plain layer weights, no adapter tensor: the model itself (a DiT shard given as a LoRA, say).
+        return f"a model checkpoint, not a LoRA (plain layer weights such as {keys[0]!r})"
     encoders = {what for k in keys if (what := _text_encoder(k))}
     denoiser = [k for k in keys if not _text_encoder(k)]
     modules = [m for m, _ in _modules(denoiser, network_prefix)] or [
