@@ -19,7 +19,8 @@ construction); ``mid`` is width 1024 (8 heads of 128), 2 double + 2 single block
 section with history, 128 text and 64 image tokens (CPU-sized); ``wide`` is the real model's width 3072
 (24 heads of 128) with the same blocks on a 9-frame section with 256 text tokens (GPU-sized). The real model is 20 + 40 blocks of width 3072.
 
-Run: ``python benchmarks/lora_overhead.py [--case mid] [--device cpu|cuda] [--algos lora loha ...]``.
+Run: ``python benchmarks/lora_overhead.py [--case mid] [--device cpu|cuda] [--algos lora loha ...] [--bypass]``
+(``--bypass``: each algorithm also with lycoris's ``bypass_mode=True``).
 Only timings are printed; the target for ``lora-r32`` is a ratio <= 1.15 at realistic width.
 """
 
@@ -84,10 +85,9 @@ def _network(kind: str, model: torch.nn.Module, device: torch.device) -> torch.n
     else:
         from tuner_lora.lycoris_network import LycorisNetworkType
 
-        algo = kind.removeprefix("lycoris-")
-        network = LycorisNetworkType().create(
-            model, layout, dim=RANK, alpha=1.0, dropout=None, args={"algo": algo}
-        )
+        algo, _, mode = kind.removeprefix("lycoris-").partition("+")
+        args = {"algo": algo, **({"bypass_mode": True} if mode == "bypass" else {})}
+        network = LycorisNetworkType().create(model, layout, dim=RANK, alpha=1.0, dropout=None, args=args)
     network.apply_to(model)
     return network.to(device).train()
 
@@ -140,10 +140,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--bypass",
+        action="store_true",
+        help="also each algorithm with --network_args bypass_mode=True (lycoris adds the update to the "
+        "output instead of rebuilding the weight every step)",
+    )
     args = parser.parse_args()
     logging.getLogger("LyCORIS").setLevel(logging.ERROR)
     device = torch.device(args.device)
-    kinds = ["base", "lora-r32", *(f"lycoris-{a}" for a in args.algos)]
+    modes = ("", "+bypass") if args.bypass else ("",)
+    kinds = ["base", "lora-r32", *(f"lycoris-{a}{m}" for a in args.algos for m in modes)]
     results: dict[str, list[float]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):
         order = kinds if round_index % 2 == 0 else list(reversed(kinds))
@@ -155,11 +162,11 @@ def main() -> None:
                 torch.cuda.empty_cache()
     base = statistics.median(results["base"])
     print(f"case {args.case} on {device} ({torch.get_num_threads()} threads), rank/dim {RANK}")
-    print(f"{'configuration':<22}{'ms/step':>10}{'ratio':>8}   rounds (ms)")
+    print(f"{'configuration':<26}{'ms/step':>10}{'ratio':>8}   rounds (ms)")
     for kind in kinds:
         value = statistics.median(results[kind])
         rounds = " ".join(f"{t * 1e3:.1f}" for t in results[kind])
-        print(f"{kind:<22}{value * 1e3:>10.1f}{value / base:>8.3f}   {rounds}")
+        print(f"{kind:<26}{value * 1e3:>10.1f}{value / base:>8.3f}   {rounds}")
 
 
 if __name__ == "__main__":
