@@ -331,3 +331,61 @@ def test_musubi_loha_and_lokr_names_train_that_algorithm(module, algo, key):
     assert loading[0] == algo
     (problem,) = network_type.check_args({"algo": "ia3"})
     assert f"--network_module {algo} trains {algo}" in problem and "lycoris.kohya" in problem
+
+
+def _fp8_model() -> torch.nn.Module:
+    """The tiny DiT with its block weights stored in fp8-scaled, loaded as ``--fp8_base --fp8_scaled`` does."""
+    from tuner_core.memory.apply import apply_memory_strategies, load_transform
+    from tuner_core.memory.strategy import MemorySettings
+    from tuner_core.weights import StateDictSource, load_into_model
+
+    plugins = make_plugin_manager()
+    settings = MemorySettings(fp8_base=True, fp8_scaled=True, training=True)
+    with torch.device("meta"):
+        model = type(_model())(CONFIG)
+    transform = load_transform(LAYOUT, settings, plugins)
+    load_into_model(model, StateDictSource(_model().state_dict(), "tiny"), transform=transform)
+    apply_memory_strategies(model, LAYOUT, settings, plugins, torch.device("cpu"))
+    return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a != "full"])
+def test_each_algorithm_trains_on_an_fp8_base_in_bypass_mode(algo, caplog):
+    model = _fp8_model()
+    dim = 1 if algo == "dylora" else 4
+    with caplog.at_level("INFO"):
+        network = LycorisNetworkType().create(
+            model, LAYOUT, dim=dim, alpha=2.0, dropout=None, args={"algo": algo, **ALGOS[algo]}
+        )
+    assert "bypass_mode=True" in caplog.text
+    network.apply_to(model)
+    model.train()
+    network.train()
+    before = {k: v.clone() for k, v in network.adapter_state_dict().items()}
+    optimizer = torch.optim.AdamW(network.parameter_groups(1e-2))
+    for _ in range(2):  # lycoris initialises one factor at zero: the second step moves every tensor
+        loss = model(**INPUTS).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.isfinite(loss)
+    after = network.adapter_state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+    blocks = [
+        p
+        for n, p in model.named_parameters()
+        if n.startswith("transformer_blocks.") and n.endswith("to_q.weight")
+    ]
+    assert blocks and all(p.dtype == torch.float8_e4m3fn for p in blocks)  # the base stayed in fp8
+
+
+def test_full_and_rebuild_mode_are_refused_on_an_fp8_base():
+    from tuner_core.errors import ConfigError
+
+    model = _fp8_model()
+    with pytest.raises(ConfigError, match="algo=full trains whole weights"):
+        LycorisNetworkType().create(model, LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "full"})
+    with pytest.raises(ConfigError, match="bypass_mode=False cannot train on an fp8 base"):
+        LycorisNetworkType().create(
+            model, LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "lora", "bypass_mode": "False"}
+        )

@@ -181,6 +181,31 @@ def lycoris_kwargs(args: Mapping[str, Any], dropout: float | None) -> dict[str, 
     return kwargs
 
 
+def _holds_fp8(model: nn.Module) -> bool:
+    """Whether ``model`` stores weights in float8 (``--fp8_base``)."""
+    fp8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
+    return any(p.dtype in fp8 for p in model.parameters())
+
+
+def _bypass_on_fp8(kwargs: dict[str, Any]) -> None:
+    """On fp8 base weights lycoris must add its update to the layer's output (``bypass_mode``): its default
+    rebuilds each weight as base + update, which it cannot compute in float8."""
+    if kwargs["algo"] == "full":
+        raise ConfigError(
+            "--network_args algo=full trains whole weights, which --fp8_base stores in fp8: leave --fp8_base "
+            "out, or choose another algorithm"
+        )
+    given = kwargs.get("bypass_mode")
+    if given is not None and str(given).lower() in ("false", "0", "no"):
+        raise ConfigError(
+            "--network_args bypass_mode=False cannot train on an fp8 base (--fp8_base): lycoris would rebuild "
+            "each fp8 weight; leave bypass_mode out (tuner turns it on) or leave --fp8_base out"
+        )
+    if given is None:
+        log.info("LyCORIS on fp8 base weights: bypass_mode=True (the update is added to each layer's output)")
+    kwargs["bypass_mode"] = True
+
+
 def _log_modules(algo: str, modules: list[nn.Module], verbose: bool) -> None:
     """One line per network; with ``verbose=True`` every target module too."""
     kinds = Counter(type(m).__name__ for m in modules)
@@ -227,6 +252,8 @@ class LycorisNetworkType(NetworkType):
         kohya = import_kohya()
         args = self._args(args)
         kwargs = lycoris_kwargs(args, dropout)
+        if _holds_fp8(model):
+            _bypass_on_fp8(kwargs)
         verbose = flag(args, "verbose")
         with (
             isolated_presets(kohya, layout.network_prefix) as key,
