@@ -105,3 +105,30 @@ def test_tiny_dit_lora_training_step_is_the_same_with_four_blocks_swapped(dit, g
         assert torch.equal(reference(**inputs), model(**inputs))
     switch_to_training(model)
     assert all(part.resident == part.start for part in block_swappers(model)[0].lists)
+
+
+@pytest.mark.parametrize(
+    "args", [{"algo": "loha"}, {"algo": "lokr", "factor": 4}, {"algo": "lora", "bypass_mode": True}]
+)
+def test_tiny_dit_lycoris_training_step_is_the_same_with_four_blocks_swapped(dit, args):
+    pytest.importorskip("lycoris")
+    from tuner_lora.lycoris_network import LycorisNetworkType
+
+    reference, model = prepared(dit, 0, training=True, gc=False), prepared(dit, 4, training=True, gc=False)
+    networks = []
+    for target in (reference, model):
+        torch.manual_seed(0)
+        network = LycorisNetworkType().create(target, LAYOUT, dim=2, alpha=1.0, dropout=None, args=args)
+        for param in network.parameters():
+            torch.nn.init.normal_(param, std=0.05)
+        network.apply_to(target)
+        networks.append(network)
+    inputs = tiny_dit_inputs(CONFIG)
+    results = []
+    for target, network in zip((reference, model), networks):
+        out = target(**inputs)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in network.parameters()]))
+    (want, want_grads), (got, got_grads) = results
+    assert torch.equal(want, got)
+    assert all(torch.equal(a, b) for a, b in zip(want_grads, got_grads))
