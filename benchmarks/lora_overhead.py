@@ -29,10 +29,10 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_step
 
 ALGOS = ("lora", "loha", "lokr", "full", "dylora", "glora", "diag-oft", "boft", "ia3")
 RANK = 32
@@ -120,17 +120,6 @@ def _step_fn(kind: str, case: str, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def _median_step(step: Callable[[], None], warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     """Measure and print each configuration's step time and its ratio to the frozen base."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -156,7 +145,7 @@ def main() -> None:
         order = kinds if round_index % 2 == 0 else list(reversed(kinds))
         for kind in order:
             step = _step_fn(kind, args.case, device)
-            results[kind].append(_median_step(step, args.warmup, args.steps))
+            results[kind].append(median_step(step, args.warmup, args.steps))
             del step
             if device.type == "cuda":
                 torch.cuda.empty_cache()

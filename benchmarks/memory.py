@@ -43,6 +43,7 @@ from unittest import mock
 
 import attrs
 import torch
+from timing import median_step
 from torch import nn
 
 from tuner_core.memory.apply import apply_memory_strategies, load_transform
@@ -276,18 +277,6 @@ def step_fn(bench: Bench, settings: MemorySettings) -> Callable[[], None]:
         bench.sync()
 
     return step
-
-
-def median_step(step: Callable[[], None], warmup: int, steps: int) -> float:
-    """Median seconds of ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step_times(bench: Bench, args: argparse.Namespace) -> dict[str, list[float]]:

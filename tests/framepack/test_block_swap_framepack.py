@@ -80,26 +80,35 @@ def test_tiny_dit_generates_the_same_with_four_blocks_swapped(dit):
             assert torch.equal(want, model(**inputs))
 
 
-@pytest.mark.parametrize("gc", [False, True], ids=["plain", "checkpointing"])
-def test_tiny_dit_lora_training_step_is_the_same_with_four_blocks_swapped(dit, gc):
-    reference, model = prepared(dit, 0, training=True, gc=gc), prepared(dit, 4, training=True, gc=gc)
-    networks = []
-    for target in (reference, model):
-        network = LoRANetworkType().create(target, LAYOUT, dim=2, alpha=1.0, dropout=None, args={})
-        torch.manual_seed(0)
-        for param in network.parameters():
-            torch.nn.init.normal_(param, std=0.05)
-        network.apply_to(target)
-        networks.append(network)
-    inputs = tiny_dit_inputs(CONFIG)
-    results = []
-    for target, network in zip((reference, model), networks):
-        out = target(**inputs)
-        out.square().mean().backward()
-        results.append((out.detach(), [p.grad for p in network.parameters()]))
-    (want, want_grads), (got, got_grads) = results
+def training_step_results(dit, blocks_to_swap, create, *, gc=False):
+    """The model with ``blocks_to_swap``, and the output and network gradients of one step (seeded network)."""
+    model = prepared(dit, blocks_to_swap, training=True, gc=gc)
+    torch.manual_seed(0)
+    network = create(model)
+    for param in network.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    network.apply_to(model)
+    out = model(**tiny_dit_inputs(CONFIG))
+    out.square().mean().backward()
+    return model, out.detach(), [p.grad for p in network.parameters()]
+
+
+def assert_same_step(dit, create, *, gc=False):
+    """A training step with four blocks swapped equals the unswapped one exactly; returns both models."""
+    reference, want, want_grads = training_step_results(dit, 0, create, gc=gc)
+    model, got, got_grads = training_step_results(dit, 4, create, gc=gc)
     assert torch.equal(want, got)
     assert all(torch.equal(a, b) for a, b in zip(want_grads, got_grads))
+    return reference, model
+
+
+@pytest.mark.parametrize("gc", [False, True], ids=["plain", "checkpointing"])
+def test_tiny_dit_lora_training_step_is_the_same_with_four_blocks_swapped(dit, gc):
+    def create(model):
+        return LoRANetworkType().create(model, LAYOUT, dim=2, alpha=1.0, dropout=None, args={})
+
+    reference, model = assert_same_step(dit, create, gc=gc)
+    inputs = tiny_dit_inputs(CONFIG)
     switch_to_inference(model)  # a sample while training, then back
     with torch.no_grad():
         assert torch.equal(reference(**inputs), model(**inputs))
@@ -114,21 +123,7 @@ def test_tiny_dit_lycoris_training_step_is_the_same_with_four_blocks_swapped(dit
     pytest.importorskip("lycoris")
     from tuner_lora.lycoris_network import LycorisNetworkType
 
-    reference, model = prepared(dit, 0, training=True, gc=False), prepared(dit, 4, training=True, gc=False)
-    networks = []
-    for target in (reference, model):
-        torch.manual_seed(0)
-        network = LycorisNetworkType().create(target, LAYOUT, dim=2, alpha=1.0, dropout=None, args=args)
-        for param in network.parameters():
-            torch.nn.init.normal_(param, std=0.05)
-        network.apply_to(target)
-        networks.append(network)
-    inputs = tiny_dit_inputs(CONFIG)
-    results = []
-    for target, network in zip((reference, model), networks):
-        out = target(**inputs)
-        out.square().mean().backward()
-        results.append((out.detach(), [p.grad for p in network.parameters()]))
-    (want, want_grads), (got, got_grads) = results
-    assert torch.equal(want, got)
-    assert all(torch.equal(a, b) for a, b in zip(want_grads, got_grads))
+    def create(model):
+        return LycorisNetworkType().create(model, LAYOUT, dim=2, alpha=1.0, dropout=None, args=args)
+
+    assert_same_step(dit, create)

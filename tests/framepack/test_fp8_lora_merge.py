@@ -80,6 +80,14 @@ def load(path: Path, settings: MemorySettings, plugins, files=()) -> nn.Module:
     return model
 
 
+def train_options(dit_file: Path, tmp_path: Path, plugins, **values):
+    """``tuner train`` options for a LoRA on the tiny DiT, with ``values`` on top."""
+    base = {"dataset_config": tmp_path / "unused.toml", "dit": dit_file, "output_dir": tmp_path}
+    architecture = plugins.architecture("framepack")
+    values = {**base, "network_module": "lora", **values}
+    return build_command_options("train", architecture, values, {}, None, plugins.memory_strategies())
+
+
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     first, second = a.state_dict(), b.state_dict()
     assert first.keys() == second.keys()
@@ -147,17 +155,9 @@ def test_a_checkpoint_stored_in_fp8_is_not_merged_into(dit_file, plugins, tmp_pa
 def test_base_weights_merge_before_the_fp8_base_quantises(dit_file, plugins, tmp_path):
     lora = random_lora(tmp_path / "base.safetensors", seed=5)
     architecture = plugins.architecture("framepack")
-    values = {
-        "dataset_config": tmp_path / "unused.toml",
-        "dit": dit_file,
-        "output_dir": tmp_path,
-        "network_module": "lora",
-        "fp8_base": True,
-        "fp8_scaled": True,
-        "base_weights": [lora],
-        "base_weights_multiplier": [0.7],
-    }
-    train = build_command_options("train", architecture, values, {}, None, plugins.memory_strategies())
+    train = train_options(
+        dit_file, tmp_path, plugins, fp8_scaled=True, base_weights=[lora], base_weights_multiplier=[0.7]
+    )
     model = prepare_model(train, architecture, plugins, torch.device("cpu")).step.model
     expected = load(dit_file, SCALED, plugins, [NetworkFile(lora, 0.7, option="--base_weights")])
     for key, tensor in expected.state_dict().items():
@@ -170,13 +170,6 @@ def test_a_base_weights_file_no_network_type_reads_is_refused_in_pre_flight(dit_
     odd = tmp_path / "odd.safetensors"
     save_file({"some.tensor": torch.zeros(2)}, str(odd))
     architecture = plugins.architecture("framepack")
-    values = {
-        "dataset_config": tmp_path / "unused.toml",
-        "dit": dit_file,
-        "output_dir": tmp_path,
-        "network_module": "lora",
-        "base_weights": [odd],
-    }
-    train = build_command_options("train", architecture, values, {}, None, plugins.memory_strategies())
+    train = train_options(dit_file, tmp_path, plugins, base_weights=[odd])
     with pytest.raises(ConfigError, match=r"--base_weights .*odd\.safetensors: no installed network type"):
         preflight("train", train, architecture, plugins)
