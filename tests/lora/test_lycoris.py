@@ -389,3 +389,19 @@ def test_full_and_rebuild_mode_are_refused_on_an_fp8_base():
         LycorisNetworkType().create(
             model, LAYOUT, dim=4, alpha=1.0, dropout=None, args={"algo": "lora", "bypass_mode": "False"}
         )
+
+
+@pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
+def test_dora_files_merge_whole_not_as_plain_lora(algo, tmp_path):
+    from tuner_core.network_files import NetworkFile
+    from tuner_core.network_merge import merge_networks
+
+    model, network = _train_one_step(algo, {"dora_wd": True}, 4)
+    unmerged = _output(model)
+    path = save_weights(tmp_path / "dora.safetensors", network.adapter_state_dict(), {}, None)
+    keys = set(load_file(str(path)))
+    plugins = make_plugin_manager()
+    assert any(k.endswith(".dora_scale") for k in keys) and not plugins.network("lora").can_load(keys)
+    merged = _model()
+    merge_networks(merged, [NetworkFile(path)], list(plugins.networks()), plugins.architecture("framepack"))
+    assert (_output(merged) - unmerged).abs().max() < 1e-5  # magnitudes included

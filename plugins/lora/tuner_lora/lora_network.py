@@ -287,8 +287,10 @@ class LoRANetworkType(NetworkType):
 
     def can_load(self, keys: set[str]) -> bool:
         """LoRA files in any layout of :mod:`tuner_lora.formats`: ``lora_down``/``lora_up`` (kohya) or
-        ``lora_A``/``lora_B`` (diffusers / PEFT) tensors, not only for a text encoder."""
-        return formats.is_lora(keys, "lora_unet")
+        ``lora_A``/``lora_B`` (diffusers / PEFT) tensors, not only for a text encoder. DoRA files (a
+        ``dora_scale`` per layer) are not plain LoRA: merged as LoRA they would lose their magnitudes, so
+        they are left to the LyCORIS type, which merges them whole."""
+        return formats.is_lora(keys, "lora_unet") and not any(k.endswith(".dora_scale") for k in keys)
 
     def normalize_weights(
         self,
