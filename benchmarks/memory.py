@@ -183,25 +183,6 @@ def real_model_figures() -> dict[str, float]:
     }
 
 
-def _host_peak(fn: Callable[[], object]) -> int:
-    """Host-only tensor peak of ``fn`` (``peak_memory(fn, "cpu")`` sums every ``[memory]`` event, which
-    on a CUDA machine may include the GPU allocator's)."""
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
-    alive = peak = 0
-    for _, nbytes in events:
-        alive += nbytes
-        peak = max(peak, alive)
-    return peak
-
-
 def load_peaks(bench: Bench, bf16_bytes: float) -> dict[str, float]:
     """Host peaks of the bf16 and fp8-scaled loads onto the host, and of the fp8-scaled load elsewhere."""
     scaled = MemorySettings(fp8_base=True, fp8_scaled=True)
@@ -209,7 +190,7 @@ def load_peaks(bench: Bench, bf16_bytes: float) -> dict[str, float]:
     peaks = {
         "bf16 onto the host": peak_memory(lambda: load(bench, MemorySettings(), "cpu"))[0],
         "fp8-scaled onto the host": peak_memory(lambda: load(bench, scaled, "cpu"))[0],
-        f"fp8-scaled onto {elsewhere}": _host_peak(lambda: load(bench, scaled, elsewhere)),
+        f"fp8-scaled onto {elsewhere}": peak_memory(lambda: load(bench, scaled, elsewhere))[0],
     }
     return {k: v / bf16_bytes for k, v in peaks.items()}
 

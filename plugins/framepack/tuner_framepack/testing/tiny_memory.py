@@ -29,7 +29,10 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str = "cpu") -> tupl
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        # host events only: on a CUDA machine the GPU allocator's events are recorded too
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
     )
     alive = peak = 0
     for _, nbytes in events:
