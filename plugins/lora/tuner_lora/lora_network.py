@@ -399,11 +399,13 @@ def _merge(
         rank = down.shape[0]
         alpha_t = weights.get(f"{name}.alpha")
         alpha = float(alpha_t) if alpha_t is not None else float(rank)
-        adapter = LoRAModule(name, layer, rank=rank, alpha=alpha)
+        # Built on the weight's device: a DiT streaming onto the GPU merges there, not on the CPU.
+        with torch.device(layer.weight.device):
+            adapter = LoRAModule(name, layer, rank=rank, alpha=alpha)
         adapter.lora_down.weight.data.copy_(down)
         adapter.lora_up.weight.data.copy_(up)
         delta = adapter.delta_weight() * multiplier
         with torch.no_grad():
-            layer.weight.copy_((layer.weight.float() + delta.to(layer.weight.device)).to(layer.weight.dtype))
+            layer.weight.copy_((layer.weight.float() + delta).to(layer.weight.dtype))
         used.update({key, f"{name}.lora_up.weight", f"{name}.alpha"})
     return set(weights) - used
