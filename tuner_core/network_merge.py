@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: How many unmatched layers a warning names.
 LISTED = 12
-_PART = re.compile(r"\.(lora_(down|up|A|B)\.weight|alpha|dora_scale|(hada|lokr)_\w+|diff(_b)?)$")
+_PART = re.compile(r"\.(lora_(down|up|A|B)\.(weight|bias)|alpha|dora_scale|(hada|lokr)_\w+|diff(_b)?)$")
 _FP8 = {getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)}
 _CONV = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 

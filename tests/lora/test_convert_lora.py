@@ -28,8 +28,11 @@ LAYOUT = FramePackArchitecture.layout
 META = {"ss_network_module": "networks.lora", "ss_network_dim": "4", "modelspec.title": "t", "ss_seed": "1"}
 
 
-def _random_lora(model, *, ranks=(4,), alphas=(1.0,), linear_only=False, dtype=torch.float32, seed=0):
-    """A tuner-layout LoRA on every layer of ``model`` (Linear and Conv), ranks and alphas cycling."""
+def _random_lora(
+    model, *, ranks=(4,), alphas=(1.0,), linear_only=False, dtype=torch.float32, seed=0, up_bias=False
+):
+    """A tuner-layout LoRA on every layer of ``model`` (Linear and Conv), ranks and alphas cycling;
+    ``up_bias``: with PEFT's ``lora_bias`` (a ``lora_up.bias`` per Linear layer)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     layers = [
@@ -48,6 +51,10 @@ def _random_lora(model, *, ranks=(4,), alphas=(1.0,), linear_only=False, dtype=t
         state[f"{name}.lora_down.weight"] = (torch.randn(down, generator=generator) * 0.1).to(dtype)
         state[f"{name}.lora_up.weight"] = (torch.randn(up, generator=generator) * 0.1).to(dtype)
         state[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+        if up_bias and isinstance(layer, torch.nn.Linear):
+            state[f"{name}.lora_up.bias"] = (torch.randn(layer.out_features, generator=generator) * 0.1).to(
+                dtype
+            )
     return state
 
 
@@ -91,7 +98,7 @@ def test_every_module_name_of_the_tiny_dit_survives_both_ways(dit):
 @pytest.mark.parametrize("target", ["diffusers", "other", "comfy"])
 def test_cli_round_trip_is_bit_exact_with_alpha_and_metadata(dit, tmp_path, capsys, target):
     _, model, checkpoint = dit
-    weights = _random_lora(model, ranks=(4, 2), alphas=(1.0, 3.0, 0.5), dtype=torch.bfloat16)
+    weights = _random_lora(model, ranks=(4, 2), alphas=(1.0, 3.0, 0.5), dtype=torch.bfloat16, up_bias=True)
     source = tmp_path / "tuner.safetensors"
     meta = {**META, "sshs_model_hash": "x", "sshs_legacy_hash": "y"}
     save_file(weights, str(source), meta)
@@ -158,14 +165,15 @@ def test_what_cannot_be_converted_is_refused(tmp_path, capsys, dit):
 # -- diffusers' own FramePack model and LoRA loading ------------------------------------------------------
 
 
-def test_converted_file_loads_into_diffusers_and_matches_tuners_merge(dit, tmp_path, capsys, caplog):
+@pytest.mark.parametrize("up_bias", [False, True], ids=["plain", "lora_bias"])
+def test_converted_file_loads_into_diffusers_and_matches_tuners_merge(dit, tmp_path, capsys, caplog, up_bias):
     diffusers = pytest.importorskip("diffusers")
     pytest.importorskip("peft")
     from peft import get_peft_model_state_dict
 
     config, _, checkpoint = dit
     weights = _random_lora(
-        build_tiny_dit(config, seed=3), ranks=(4, 4, 2), alphas=(1.0, 2.0), linear_only=True
+        build_tiny_dit(config, seed=3), ranks=(4, 4, 2), alphas=(1.0, 2.0), linear_only=True, up_bias=up_bias
     )
     source, converted = tmp_path / "tuner.safetensors", tmp_path / "diffusers.safetensors"
     save_file(weights, str(source), META)

@@ -202,6 +202,18 @@ def test_hunyuan_final_layer_modulation_halves_are_swapped():
     torch.testing.assert_close(model.norm_out.linear.weight - before, torch.cat([scale, shift]))
 
 
+def test_a_fused_hunyuan_layers_up_bias_splits_with_its_rows():
+    hidden = 64  # the tiny DiT's width: img_attn_qkv is 3 x 64 rows
+    down, up, bias = torch.randn(2, hidden), torch.randn(3 * hidden, 2), torch.randn(3 * hidden)
+    name = "lora_unet_double_blocks_1_img_attn_qkv"
+    state = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.lora_up.bias": bias}
+    converted = formats.to_tuner(state, "lora_unet")
+    assert not converted.unused
+    for index, part in enumerate(("to_q", "to_k", "to_v")):
+        key = f"lora_unet_transformer_blocks_1_attn_{part}.lora_up.bias"
+        assert torch.equal(converted.weights[key], bias[index * hidden : (index + 1) * hidden])
+
+
 def test_layouts_are_told_apart_and_foreign_files_described():
     assert formats.lora_layouts(
         {"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight"}, "lora_unet"
@@ -320,3 +332,40 @@ def test_a_file_of_which_nothing_matches_is_an_error_saying_what_it_looks_like(p
     problems = network_file_problems(_files([unet, encoder]), list(plugins.networks()), architecture, None)
     assert len(problems) == 1 and "te.safetensors" in problems[0]
     assert "looks like an SDXL text-encoder LoRA" in problems[0]
+
+
+def test_peft_lora_bias_updates_the_layer_bias_while_streaming_too(plugins, tmp_path):
+    """PEFT's ``lora_bias``: ``lora_B.bias`` adds ``multiplier * alpha / rank * b`` to the layer's bias, both
+    into a loaded model and while the checkpoint streams in (the stand-in path), with the same result."""
+    from tuner_core.network_merge import NetworkMerge
+    from tuner_core.weights import chain_transforms
+    from tuner_framepack.dit import load_dit
+    from tuner_framepack.testing.tiny_dit import save_diffusers_layout
+
+    config = tiny_dit_config()
+    generator = torch.Generator().manual_seed(4)
+    paths = ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_out"]
+    base = build_tiny_dit(config, seed=3)
+    state = {}
+    for path in paths:
+        layer = base.get_submodule(path)
+        state[f"transformer.{path}.lora_A.weight"] = torch.randn(2, layer.in_features, generator=generator)
+        state[f"transformer.{path}.lora_B.weight"] = torch.randn(layer.out_features, 2, generator=generator)
+        state[f"transformer.{path}.lora_B.bias"] = torch.randn(layer.out_features, generator=generator)
+        state[f"transformer.{path}.alpha"] = torch.tensor(1.0)
+    lora = tmp_path / "biased.safetensors"
+    save_file(state, str(lora))
+    architecture = plugins.architecture("framepack")
+    merged = build_tiny_dit(config, seed=3)
+    _merge(merged, _files([lora], [0.5]), architecture, plugins)
+    for path in paths:
+        expected = base.get_submodule(path).bias + 0.5 * 0.5 * state[f"transformer.{path}.lora_B.bias"]
+        torch.testing.assert_close(merged.get_submodule(path).bias, expected, rtol=0, atol=1e-6)
+    snapshot = save_diffusers_layout(base, config, tmp_path / "dit").shards[0]
+    merge = NetworkMerge(_files([lora], [0.5]), list(plugins.networks()), architecture)
+    streamed = load_dit(
+        snapshot, config={"rope_axes_dim": config.rope_axes_dim}, transform=chain_transforms(merge)
+    )
+    merge.finish(streamed)
+    for key, tensor in merged.state_dict().items():
+        assert torch.equal(streamed.state_dict()[key], tensor), key

@@ -407,5 +407,17 @@ def _merge(
         delta = adapter.delta_weight() * multiplier
         with torch.no_grad():
             layer.weight.copy_((layer.weight.float() + delta).to(layer.weight.dtype))
-        used.update({key, f"{name}.lora_up.weight", f"{name}.alpha"})
+        up_bias = weights.get(f"{name}.lora_up.bias")
+        if up_bias is not None:  # PEFT's lora_bias: the up projection's bias, scaled like the update
+            _add_to_bias(layer, up_bias.float().to(layer.weight.device) * adapter.scale * multiplier)
+        used.update({key, f"{name}.lora_up.weight", f"{name}.lora_up.bias", f"{name}.alpha"})
     return set(weights) - used
+
+
+@torch.no_grad()
+def _add_to_bias(layer: nn.Module, update: torch.Tensor) -> None:
+    """Add ``update`` (float32) to ``layer``'s bias, rounding once; a layer without one gets it as its bias."""
+    if layer.bias is None:
+        layer.bias = nn.Parameter(update.to(layer.weight.dtype), requires_grad=False)
+    else:
+        layer.bias.copy_((layer.bias.float() + update.to(layer.bias.device)).to(layer.bias.dtype))

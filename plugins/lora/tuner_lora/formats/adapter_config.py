@@ -59,8 +59,11 @@ def config_alpha(config: Mapping[str, Any], path: str, rank: int) -> float:
     return alpha
 
 
-def write_config(ranks: Mapping[str, int], alphas: Mapping[str, float], prefix: str) -> str:
-    """The ``lora_adapter_metadata`` value for layers with these ranks and alphas (by module path).
+def write_config(
+    ranks: Mapping[str, int], alphas: Mapping[str, float], prefix: str, *, lora_bias: bool = False
+) -> str:
+    """The ``lora_adapter_metadata`` value for layers with these ranks and alphas (by module path);
+    ``lora_bias``: the file holds ``lora_B.bias`` tensors (PEFT then gives every ``lora_B`` a bias).
 
     Patterns are anchored full paths (``^transformer_blocks\\.0\\.attn\\.to_q``) and the targets one full-match
     regular expression, so a layer named like the end of another (``proj_out``) never catches both.
@@ -74,4 +77,6 @@ def write_config(ranks: Mapping[str, int], alphas: Mapping[str, float], prefix: 
         "alpha_pattern": {"^" + re.escape(p): a for p, a in alphas.items() if a != alpha},
         "target_modules": "^(?:" + "|".join(re.escape(p) for p in ranks) + ")$",
     }
+    if lora_bias:
+        config["lora_bias"] = True
     return json.dumps({f"{prefix}{k}": v for k, v in config.items()}, indent=2, sort_keys=True)

@@ -9,17 +9,17 @@ Tensors are passed through unchanged wherever the layouts agree, so a round trip
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import torch
 
 from tuner_lora.formats import hunyuan
 from tuner_lora.formats.adapter_config import METADATA_KEY, config_alpha, read_config, write_config
-from tuner_lora.formats.names import ALPHA, DOWN, UP, LoraKey, kohya_name, kohya_names, parse_key
+from tuner_lora.formats.names import ALPHA, DOWN, UP, UP_BIAS, LoraKey, kohya_name, kohya_names, parse_key
 
 T = TypeVar("T", torch.Tensor, None)
-SAVED = {DOWN: ".lora_down.weight", UP: ".lora_up.weight", ALPHA: ".alpha"}
+SAVED = {DOWN: ".lora_down.weight", UP: ".lora_up.weight", UP_BIAS: ".lora_up.bias", ALPHA: ".alpha"}
 
 
 class ConversionError(ValueError):
@@ -90,22 +90,39 @@ def _alpha(
     return torch.tensor(value, dtype=down.dtype)
 
 
+@attrs.frozen
+class _Piece:
+    """One tuner layer made from a file layer: its name (or FramePack path) and tensors."""
+
+    target: str
+    down: Any
+    up: Any
+    alpha: torch.Tensor | None
+    up_bias: Any = None
+
+
 def _pieces(
     layer: _Layer, where: hunyuan.Target | str, weights: Mapping[str, T], alpha: torch.Tensor | None
-) -> list[tuple[str, T, T, torch.Tensor | None]] | None:
-    """``(tuner name, down, up, alpha)`` of each layer a file layer becomes (``None``: its shapes do not
-    split as the layout says). Split layers get copies, so the result can be saved as it is."""
+) -> list[_Piece] | None:
+    """The tuner layers a file layer becomes (``None``: its shapes do not split as the layout says). Split
+    layers get copies, so the result can be saved as it is; an up bias splits with the up rows."""
     down, up = weights[layer.parts[DOWN]], weights[layer.parts[UP]]
+    bias = weights[layer.parts[UP_BIAS]] if UP_BIAS in layer.parts else None
     if isinstance(where, str):
-        return [(where, down, up, alpha)]
+        return [_Piece(where, down, up, alpha, bias)]
     ups = hunyuan.split_up(up, down, where) if down is not None else [None] * len(where.paths)
-    if ups is None:
+    biases = [None] * len(where.paths)
+    if bias is not None and down is not None:
+        biases = hunyuan.split_up(bias, down, where)
+    if ups is None or biases is None:
         return None
     pieces = []
-    for index, (path, piece_up) in enumerate(zip(where.paths, ups)):
+    for index, (path, piece_up, piece_bias) in enumerate(zip(where.paths, ups, biases)):
         copy = index > 0 and down is not None
         piece_alpha = alpha.clone() if copy and alpha is not None else alpha
-        pieces.append((path, down.clone() if copy else down, piece_up, piece_alpha))
+        if piece_bias is None and UP_BIAS in layer.parts:
+            piece_bias = bias  # a names-only check: keep the part so its name is converted too
+        pieces.append(_Piece(path, down.clone() if copy else down, piece_up, piece_alpha, piece_bias))
     return pieces
 
 
@@ -139,12 +156,17 @@ def to_tuner(
         if pieces is None:
             unused += layer.parts.values()
             continue
-        for target, down, up, piece_alpha in pieces:
-            name = target if isinstance(where, str) else kohya_name(network_prefix, target)
-            out[name + SAVED[DOWN]], origin[name + SAVED[DOWN]] = down, layer.parts[DOWN]
-            out[name + SAVED[UP]], origin[name + SAVED[UP]] = up, layer.parts[UP]
-            if piece_alpha is not None or ALPHA in layer.parts:
-                out[name + SAVED[ALPHA]] = piece_alpha
+        for piece in pieces:
+            name = piece.target if isinstance(where, str) else kohya_name(network_prefix, piece.target)
+            out[name + SAVED[DOWN]], origin[name + SAVED[DOWN]] = piece.down, layer.parts[DOWN]
+            out[name + SAVED[UP]], origin[name + SAVED[UP]] = piece.up, layer.parts[UP]
+            if UP_BIAS in layer.parts:
+                out[name + SAVED[UP_BIAS]], origin[name + SAVED[UP_BIAS]] = (
+                    piece.up_bias,
+                    layer.parts[UP_BIAS],
+                )
+            if piece.alpha is not None or ALPHA in layer.parts:
+                out[name + SAVED[ALPHA]] = piece.alpha
                 origin[name + SAVED[ALPHA]] = layer.parts.get(ALPHA, layer.parts[DOWN])
     return Converted(out, sorted(unused), origin)
 
@@ -194,6 +216,8 @@ def to_diffusers(
             continue
         tensors[f"{diffusers_prefix}{path}.lora_A.weight"] = parts[DOWN]
         tensors[f"{diffusers_prefix}{path}.lora_B.weight"] = parts[UP]
+        if UP_BIAS in parts:
+            tensors[f"{diffusers_prefix}{path}.lora_B.bias"] = parts[UP_BIAS]
         rank = int(parts[DOWN].shape[0])
         alpha = parts.get(ALPHA)
         if alpha_tensors and alpha is not None:
@@ -204,7 +228,8 @@ def to_diffusers(
         raise ConversionError(f"{len(missing)} layers match no module of the model: {_listing(missing)}")
     meta = {k: v for k, v in (metadata or {}).items() if k != METADATA_KEY}
     if not alpha_tensors and ranks:
-        meta[METADATA_KEY] = write_config(ranks, alphas, diffusers_prefix)
+        biased = any(k.endswith(".lora_B.bias") for k in tensors)
+        meta[METADATA_KEY] = write_config(ranks, alphas, diffusers_prefix, lora_bias=biased)
     return tensors, meta
 
 
@@ -230,8 +255,8 @@ def _convertible(
     converted = to_tuner(weights, network_prefix, metadata=metadata, hunyuan_layout=hunyuan_layout)
     if converted.unused:
         raise ConversionError(
-            f"{len(converted.unused)} tensors are no LoRA layer tuner can convert (LyCORIS LoHa / LoKr, DoRA "
-            f"and bias tensors are not converted): {_listing(converted.unused)}"
+            f"{len(converted.unused)} tensors are no LoRA layer tuner can convert (LyCORIS LoHa / LoKr and "
+            f"DoRA tensors are not converted): {_listing(converted.unused)}"
         )
     return converted
 

@@ -18,13 +18,16 @@ from collections.abc import Iterable
 
 import attrs
 
-DOWN, UP, ALPHA = "down", "up", "alpha"
-#: Part suffixes of both spellings; the first match wins (longest first).
+DOWN, UP, ALPHA, UP_BIAS = "down", "up", "alpha", "up_bias"
+#: Part suffixes of both spellings; the first match wins (longest first). ``lora_B.bias`` is PEFT's
+#: ``lora_bias=True``: the up projection's bias, a scaled update of the layer's bias.
 SUFFIXES = (
     (".lora_down.weight", DOWN),
     (".lora_up.weight", UP),
+    (".lora_up.bias", UP_BIAS),
     (".lora_A.weight", DOWN),
     (".lora_B.weight", UP),
+    (".lora_B.bias", UP_BIAS),
     (".alpha", ALPHA),
 )
 #: What PEFT, then diffusers / ComfyUI files put in front of the module path.
@@ -37,7 +40,7 @@ class LoraKey:
 
     :param module: the layer's name in the file's own spelling, without any prefix
         (``transformer_blocks.0.attn.to_q`` or ``transformer_blocks_0_attn_to_q``).
-    :param part: :data:`DOWN`, :data:`UP` or :data:`ALPHA`.
+    :param part: :data:`DOWN`, :data:`UP`, :data:`UP_BIAS` or :data:`ALPHA`.
     :param dotted: the diffusers / PEFT spelling (a module path) rather than the kohya one.
     :param prefix: what came before ``module`` (``lora_unet_``, ``diffusion_model.``, ...).
     """
@@ -49,7 +52,7 @@ class LoraKey:
 
 
 def parse_key(key: str, network_prefix: str) -> LoraKey | None:
-    """``key`` taken apart, or ``None`` if it is no LoRA tensor (LoHa, DoRA scale, a bias, ...)."""
+    """``key`` taken apart, or ``None`` if it is no LoRA tensor (LoHa, DoRA scale, a layer's own bias, ...)."""
     suffix, part = next(((s, p) for s, p in SUFFIXES if key.endswith(s)), (None, None))
     if suffix is None or part is None:
         return None
