@@ -405,3 +405,38 @@ def test_dora_files_merge_whole_not_as_plain_lora(algo, tmp_path):
     merged = _model()
     merge_networks(merged, [NetworkFile(path)], list(plugins.networks()), plugins.architecture("framepack"))
     assert (_output(merged) - unmerged).abs().max() < 1e-5  # magnitudes included
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+@pytest.mark.parametrize("spelling", ["comfy", "peft"])
+def test_loha_and_lokr_in_dotted_spellings_merge_like_the_kohya_file(algo, spelling, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from tuner_core.network_files import NetworkFile
+    from tuner_core.network_merge import merge_networks
+
+    model, network = _train_one_step(algo, ALGOS[algo], 4)  # alpha 2.0, dim 4
+    kohya = {k: v.detach().cpu() for k, v in network.adapter_state_dict().items()}
+    paths = {f"lora_unet_{p.replace('.', '_')}": p for p, _ in _model().named_modules() if p}
+    front = "diffusion_model." if spelling == "comfy" else "base_model.model."
+    dotted = {}
+    for key, tensor in kohya.items():
+        name, part = key.split(".", 1)
+        if spelling == "peft" and part == "alpha":
+            continue  # PEFT keeps alpha in adapter_config.json
+        dotted[f"{front}{paths[name]}.{part}"] = tensor
+    path = tmp_path / "adapter_model.safetensors"
+    save_file(dotted, str(path))
+    if spelling == "peft":
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "alpha": 2.0}))
+    plugins = make_plugin_manager()
+    assert [n.name for n in plugins.networks() if n.can_load(set(dotted))][0] == algo
+    expected, merged = _model(), _model()
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    architecture, types = plugins.architecture("framepack"), list(plugins.networks())
+    merge_networks(expected, [NetworkFile(tmp_path / "kohya.safetensors")], types, architecture)
+    merge_networks(merged, [NetworkFile(path)], types, architecture)
+    assert (_output(merged) - _output(expected)).abs().max() < 1e-6
+    assert (_output(expected) - _output(_model())).abs().max() > 1e-4  # the network does change the output

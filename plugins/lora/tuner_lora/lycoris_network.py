@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tuner_core import ConfigError, ModelLayout, NetworkType
+from tuner_lora.formats.lycoris_names import is_dotted_lycoris, kohya_lycoris
 from tuner_lora.lora_network import flag
 from tuner_lora.lycoris_merge import import_kohya, is_lycoris_file, merge_lycoris, module_from_weights
 from tuner_lora.lycoris_presets import build_preset, isolated_presets, preset_settings
@@ -333,12 +334,16 @@ class LycorisNetworkType(NetworkType):
         metadata: Mapping[str, str] | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """Files of lycoris's own wrapper (``create_lycoris``: names start ``lycoris_``) under the layout's
-        prefix (``lora_unet_``), as its kohya wrapper saves them; other names unchanged."""
+        prefix (``lora_unet_``), as its kohya wrapper saves them, and LoHa / LoKr files in the dotted spelling
+        of ComfyUI / PEFT (:mod:`tuner_lora.formats.lycoris_names`); other names unchanged."""
         prefix = f"{layout.network_prefix}_"
-        return {
+        renamed = {
             (prefix + key[len(NATIVE_PREFIX) :] if key.startswith(NATIVE_PREFIX) else key): value
             for key, value in weights.items()
         }
+        if is_dotted_lycoris(renamed):
+            return kohya_lycoris(renamed, layout.network_prefix, metadata)
+        return renamed
 
     def merge_into(
         self,
