@@ -54,11 +54,9 @@ from tuner_core import hookimpl
 from tuner_core.commands.run import run_command
 from tuner_core.media.write import write_image
 from tuner_core.plugins import make_plugin_manager
-from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers
 from tuner_framepack.testing.tiny_encoders import (
-    TINY_CLIP_SHAPE,
-    TINY_LLAMA_SHAPE,
-    TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_toy.sample_data import square_video
@@ -215,11 +213,7 @@ class Bench:
     def __init__(self, root: Path, *, size: int, window: int, steps: int, device: torch.device) -> None:
         self.root, self.device = root, device
         kit = save_tiny_encoder_kit(root / "encoders")
-        config = tiny_dit_config(
-            text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-            pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-            image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-        )
+        config = kit_dit_config()
         dit = save_tiny_dit_diffusers(root / "dit", config=config).shards[0]  # config.json beside it
         image = write_image(root / "start.png", square_video((200, 50, 50), (1, 0), frames=1, size=size)[0])
         self.values = {

@@ -24,6 +24,7 @@ from tuner_core.errors import (
 )
 from tuner_core.hookspecs import hookimpl
 from tuner_core.memory.fp8 import fp8_linear_transform, use_fp8_linears
+from tuner_core.memory.fp8_format import FP8_DTYPES
 from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.network import ConvertedWeights, Network, NetworkType
 from tuner_core.options import at_least, build_options, option
@@ -50,6 +51,7 @@ __all__ = [
     "Components",
     "ConvertedWeights",
     "ConfigError",
+    "FP8_DTYPES",
     "DataError",
     "DatasetConfig",
     "DatasetSettings",

@@ -25,6 +25,7 @@ from torch import nn
 
 from tuner_core.architecture import Architecture
 from tuner_core.errors import ConfigError, ModelLoadError
+from tuner_core.memory.fp8_format import FP8_DTYPES
 from tuner_core.network import NetworkType
 from tuner_core.network_files import NetworkFile, looks_like, read_network_file
 from tuner_core.weights.reader import TensorInfo
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 #: How many unmatched layers a warning names.
 LISTED = 12
 _PART = re.compile(r"\.(lora_(down|up|A|B)\.(weight|bias)|alpha|dora_scale|(hada|lokr)_\w+|diff(_b)?)$")
-_FP8 = {getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)}
 _CONV = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 
 
@@ -128,7 +128,7 @@ class NetworkMerge:
         for read in self._read or []:
             for path in read.groups:
                 info = stored.get(f"{path}.weight")
-                if info is not None and getattr(torch, info.dtype, None) in _FP8:
+                if info is not None and getattr(torch, info.dtype, None) in FP8_DTYPES:
                     raise ModelLoadError(
                         f"{info.file}: {path}.weight is stored in {info.dtype}; {read.file.option} "
                         f"{read.file.path.name} cannot be merged into weights already quantised. Load the "
@@ -149,7 +149,7 @@ class NetworkMerge:
         reads = [r for r in self._read or [] if path in r.groups]
         if not reads:
             return {key: tensor}
-        if tensor.dtype in _FP8:
+        if tensor.dtype in FP8_DTYPES:
             raise ModelLoadError(
                 f"{key} is in {tensor.dtype}: {reads[0].file.option} {reads[0].file.path.name} cannot be "
                 "merged into weights already quantised; merge before quantising (load the bf16 checkpoint)"
@@ -202,7 +202,7 @@ class NetworkMerge:
         for path, update in self._biases.items():
             layer = model.get_submodule(path)
             if layer.bias is None:
-                dtype = layer.weight.dtype if layer.weight.dtype not in _FP8 else torch.bfloat16
+                dtype = layer.weight.dtype if layer.weight.dtype not in FP8_DTYPES else torch.bfloat16
                 layer.bias = nn.Parameter(update.to(layer.weight.device, dtype), requires_grad=False)
             else:
                 layer.bias.copy_((layer.bias.float() + update.to(layer.bias.device)).to(layer.bias.dtype))

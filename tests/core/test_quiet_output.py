@@ -19,11 +19,9 @@ from tuner_core.training import cached_data
 from tuner_core.training.cached_data import available_cpus, data_loader_workers
 from tuner_core.training.lr_schedulers import LrCurve
 from tuner_core.training.optimizers import readable_description
-from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers
 from tuner_framepack.testing.tiny_encoders import (
-    TINY_CLIP_SHAPE,
-    TINY_LLAMA_SHAPE,
-    TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_toy.sample_data import square_video
@@ -49,11 +47,7 @@ SCRIPT = textwrap.dedent(
 def kit(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("quiet")
     encoders = save_tiny_encoder_kit(root / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     videos = root / "videos"
     videos.mkdir()
     write_video(videos / "walk.mp4", square_video((200, 50, 50), (1, 0), frames=37, size=64), 30)

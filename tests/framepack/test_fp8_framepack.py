@@ -33,9 +33,7 @@ from tuner_framepack.testing.tiny_dit import (
     tiny_dit_inputs,
 )
 from tuner_framepack.testing.tiny_encoders import (
-    TINY_CLIP_SHAPE,
-    TINY_LLAMA_SHAPE,
-    TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_framepack.testing.tiny_memory import peak_memory
@@ -227,11 +225,7 @@ def kit(tmp_path_factory) -> dict[str, Path]:
     """The tiny encoders, a tiny DiT fitting them, and one cached 37-frame clip."""
     root = tmp_path_factory.mktemp("fp8_train")
     encoders = save_tiny_encoder_kit(root / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     dit = save_tiny_dit_diffusers(root / "dit", config=config).shards[0]
     videos = root / "videos"
     videos.mkdir()

@@ -13,11 +13,12 @@ from tuner_core import ConfigError
 from tuner_core.commands.run import run_command
 from tuner_core.media.write import write_video
 from tuner_core.plugins import make_plugin_manager
-from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers
 from tuner_framepack.testing.tiny_encoders import (
     TINY_CLIP_SHAPE,
     TINY_LLAMA_SHAPE,
     TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_toy.sample_data import square_video
@@ -34,11 +35,7 @@ def run(command, values):
 def workspace(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("framepack")
     kit = save_tiny_encoder_kit(root / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     dit = save_tiny_dit_diffusers(root / "dit", config=config).shards[0]  # with config.json beside it
     videos = root / "videos"
     videos.mkdir()

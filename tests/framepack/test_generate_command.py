@@ -27,11 +27,9 @@ from tuner_core import ConfigError, hookimpl
 from tuner_core.commands.result import CommandResult
 from tuner_core.commands.run import run_command
 from tuner_core.plugins import make_plugin_manager
-from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers
 from tuner_framepack.testing.tiny_encoders import (
-    TINY_CLIP_SHAPE,
-    TINY_LLAMA_SHAPE,
-    TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_toy.sample_data import square_video
@@ -93,11 +91,7 @@ def kit(tmp_path_factory) -> dict[str, Any]:
     """Tiny models in the real formats, and start / end images (as ``test_framepack_pipeline``)."""
     root = tmp_path_factory.mktemp("framepack-generate")
     encoders = save_tiny_encoder_kit(root / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     images = {}
     for name, colour, move in (("start", (200, 50, 50), (1, 0)), ("end", (50, 50, 200), (0, 1))):
         images[name] = root / f"{name}.png"

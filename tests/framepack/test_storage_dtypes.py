@@ -25,9 +25,7 @@ from tuner_framepack.testing.tiny_dit import (
     tiny_dit_inputs,
 )
 from tuner_framepack.testing.tiny_encoders import (
-    TINY_CLIP_SHAPE,
-    TINY_LLAMA_SHAPE,
-    TINY_SIGLIP_SHAPE,
+    kit_dit_config,
     save_tiny_encoder_kit,
 )
 from tuner_toy.sample_data import square_video
@@ -50,11 +48,7 @@ def run(command, values):
 def workspace(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dtypes")
     kit = save_tiny_encoder_kit(root / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     videos = root / "videos"
     videos.mkdir()
     write_video(videos / "walk.mp4", square_video((200, 50, 50), (1, 0), frames=37, size=64), 30)

@@ -16,7 +16,7 @@ from tuner_core.memory.strategy import MemorySettings, MemoryStrategy
 from tuner_core.memory.strategy_options import strategy_settings
 from tuner_core.plugins import Plugins
 from tuner_core.weights.reader import TensorInfo
-from tuner_core.weights.stream import StoredPlan, Transform
+from tuner_core.weights.stream import StoredPlan, Transform, chain_transforms
 
 log = logging.getLogger(__name__)
 
@@ -31,52 +31,34 @@ def _enabled(plugins: Plugins, settings: MemorySettings) -> list[tuple[MemoryStr
     return sorted(chosen, key=lambda pair: pair[0].order)
 
 
-class StrategyTransform:
-    """The enabled strategies' tensor rewrites chained in ``order``: a :data:`Transform` with ``plan``.
+class StrategyStep:
+    """One enabled strategy's tensor rewrite as a loader :data:`Transform` with ``plan``; the steps of all
+    enabled strategies are chained in ``order`` by :func:`load_transform`."""
 
-    Made once per load by :func:`load_transform`; the loader calls :meth:`plan` with the checkpoint's
-    header first, then the object itself on every tensor.
-    """
-
-    def __init__(self, layout: ModelLayout, chosen: list[tuple[MemoryStrategy, MemorySettings]]) -> None:
+    def __init__(self, strategy: MemoryStrategy, layout: ModelLayout, settings: MemorySettings) -> None:
+        self._strategy = strategy
         self._layout = layout
-        self._chosen = chosen
+        self._settings = settings
 
     def plan(self, stored: Mapping[str, TensorInfo]) -> StoredPlan:
-        """What the strategies take from this checkpoint beyond the model's tensors (their union)."""
-        extra: set[str] = set()
-        uncast: set[str] = set()
-        for strategy, own in self._chosen:
-            planned = strategy.plan_load(stored, self._layout, own)
-            if planned is not None:
-                extra |= planned.extra
-                uncast |= planned.uncast
-        return StoredPlan(frozenset(extra), frozenset(uncast))
+        """What the strategy takes from this checkpoint beyond the model's tensors."""
+        return self._strategy.plan_load(stored, self._layout, self._settings) or StoredPlan()
 
-    def __call__(self, key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every strategy's ``transform_tensor`` in turn, each on all the previous one's outputs."""
-        outputs = {key: tensor}
-        for strategy, own in self._chosen:
-            outputs = {
-                name: rewritten
-                for k, t in outputs.items()
-                for name, rewritten in strategy.transform_tensor(k, t, self._layout, own).items()
-            }
-        return outputs
+    def __call__(self, key: str, tensor: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """The strategy's ``transform_tensor``."""
+        return self._strategy.transform_tensor(key, tensor, self._layout, self._settings)
 
 
 def load_transform(layout: ModelLayout, settings: MemorySettings, plugins: Plugins) -> Transform | None:
     """The enabled strategies' tensor rewrites, chained in ``order``, for a loader to apply while the
     weights stream in (``None`` when no enabled strategy rewrites tensors or plans loads)."""
-    rewriting = [
-        (s, own)
+    steps = [
+        StrategyStep(s, layout, own)
         for s, own in _enabled(plugins, settings)
         if type(s).transform_tensor is not MemoryStrategy.transform_tensor
         or type(s).plan_load is not MemoryStrategy.plan_load
     ]
-    if not rewriting:
-        return None
-    return StrategyTransform(layout, rewriting)
+    return chain_transforms(*steps)
 
 
 def apply_memory_strategies(

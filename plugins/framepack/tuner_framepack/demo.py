@@ -125,20 +125,14 @@ class DemoModels:
 
 def write_models(directory: Path) -> DemoModels:
     """Save the tiny random FramePack kit (DiT, VAE, LLaMA, CLIP-L, SigLIP, both tokenizers)."""
-    from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers, tiny_dit_config
+    from tuner_framepack.testing.tiny_dit import save_tiny_dit_diffusers
     from tuner_framepack.testing.tiny_encoders import (
-        TINY_CLIP_SHAPE,
-        TINY_LLAMA_SHAPE,
-        TINY_SIGLIP_SHAPE,
+        kit_dit_config,
         save_tiny_encoder_kit,
     )
 
     kit = save_tiny_encoder_kit(directory / "encoders")
-    config = tiny_dit_config(
-        text_embed_dim=TINY_LLAMA_SHAPE["hidden_size"],
-        pooled_projection_dim=TINY_CLIP_SHAPE["hidden_size"],
-        image_proj_dim=TINY_SIGLIP_SHAPE["hidden_size"],
-    )
+    config = kit_dit_config()
     dit = save_tiny_dit_diffusers(directory / "FramePackI2V_HY", config=config)
     return DemoModels(
         dit=dit.shards[0],

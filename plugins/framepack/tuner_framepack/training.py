@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuner_core import FP8_DTYPES
+
 HISTORY = (
     ("latents_clean_2x", "clean_latent_2x_indices", 2),
     ("latents_clean_4x", "clean_latent_4x_indices", 16),
@@ -27,7 +29,7 @@ def predict(
     One-frame caches hold 2x/4x indices without latents; their history is zeros, as the reference makes it.
     """
     dtype = next(model.parameters()).dtype
-    dtype = torch.float32 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+    dtype = torch.float32 if dtype in FP8_DTYPES else dtype
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(dtype) if t.is_floating_point() else t

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tuner_core import ConfigError, ModelLayout, NetworkType
+from tuner_core import FP8_DTYPES, ConfigError, ModelLayout, NetworkType
 from tuner_lora.formats.lycoris_names import is_dotted_lycoris, kohya_lycoris
 from tuner_lora.lora_network import flag
 from tuner_lora.lycoris_merge import import_kohya, is_lycoris_file, merge_lycoris, module_from_weights
@@ -184,8 +184,7 @@ def lycoris_kwargs(args: Mapping[str, Any], dropout: float | None) -> dict[str, 
 
 def _holds_fp8(model: nn.Module) -> bool:
     """Whether ``model`` stores weights in float8 (``--fp8_base``)."""
-    fp8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
-    return any(p.dtype in fp8 for p in model.parameters())
+    return any(p.dtype in FP8_DTYPES for p in model.parameters())
 
 
 def _bypass_on_fp8(kwargs: dict[str, Any]) -> None:

@@ -41,9 +41,11 @@ from transformers import (
 )
 
 from tuner_core.weights import atomic_write, save_json, save_safetensors, save_sharded_safetensors
+from tuner_framepack.dit import DiTConfig
 from tuner_framepack.encoders.clip_text import REAL_CLIP_CONFIG
 from tuner_framepack.encoders.llama import real_llama_config
 from tuner_framepack.encoders.siglip import REAL_SIGLIP_CONFIG
+from tuner_framepack.testing.tiny_dit import tiny_dit_config
 from tuner_framepack.testing.tiny_tokenizers import build_tiny_clip_tokenizer, build_tiny_llama_tokenizer
 
 #: Tiny VAE: four 32-channel levels (32 = the real GroupNorm group count), 16 latent channels like the real.
@@ -304,3 +306,14 @@ def save_tiny_encoder_kit(target_dir: Path) -> TinyEncoderKit:
         text_encoder2=save_tiny_text_encoder2(target_dir),
         image_encoder=save_tiny_image_encoder(target_dir),
     )
+
+
+def kit_dit_config(**overrides: object) -> DiTConfig:
+    """The tiny DiT's config with the widths of the tiny encoders' outputs (LLaMA, CLIP, SigLIP), so the
+    kit's prompt and image embeddings feed it; ``overrides`` as in ``tiny_dit_config``."""
+    widths = {
+        "text_embed_dim": TINY_LLAMA_SHAPE["hidden_size"],
+        "pooled_projection_dim": TINY_CLIP_SHAPE["hidden_size"],
+        "image_proj_dim": TINY_SIGLIP_SHAPE["hidden_size"],
+    }
+    return tiny_dit_config(**{**widths, **overrides})
